@@ -1,0 +1,87 @@
+"""The contract between the lab runner and its experiments.
+
+An experiment is a short recipe: it receives a :class:`Context` (scale, device,
+seed, where to write figures, a progress wrapper), measures, and returns an
+:class:`Outcome` whose ``verdict`` is computed from the ``metrics`` it carries by a
+rule written in the experiment itself -- never a constant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import torch
+
+Verdict = Literal["supported", "partly", "not supported"]
+VERDICTS: tuple[str, ...] = ("supported", "partly", "not supported")
+
+T = TypeVar("T")
+
+
+def _no_progress(items: Iterable[T], desc: str = "", total: int | None = None) -> Iterator[T]:
+    yield from items
+
+
+@dataclass
+class Context:
+    """What an experiment gets from the runner.
+
+    Attributes:
+        quick: True for the quick scale (each experiment <= 60 s on 2 CPU cores).
+        device: where to run.
+        seed: base random seed; experiments derive their own seeds from it.
+        out_dir: the report directory; figures go to ``out_dir / "figures"``.
+        progress: wraps an iterable with a progress display (tqdm on a terminal,
+            plain lines otherwise); call it as ``ctx.progress(it, "desc", total=n)``.
+    """
+
+    quick: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    out_dir: Path = Path("lab-report")
+    progress: Callable[..., Iterable[Any]] = _no_progress
+
+    @property
+    def figures_dir(self) -> Path:
+        path = self.out_dir / "figures"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def figure_path(self, name: str) -> tuple[Path, str]:
+        """Absolute path to save a PNG to, and the path relative to ``out_dir``."""
+        if not name.endswith(".png"):
+            name += ".png"
+        path = self.figures_dir / name
+        return path, str(path.relative_to(self.out_dir))
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the run seed (offset tells streams apart)."""
+        return torch.Generator().manual_seed(self.seed * 1000003 + offset)
+
+
+@dataclass
+class Outcome:
+    """What an experiment returns: numbers, the verdict derived from them, figures."""
+
+    metrics: dict[str, Any]
+    verdict: Verdict
+    evidence: str
+    figures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict ({self.verdict!r}) must be one of {VERDICTS}")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment of the lab: one concept card, one claim, one ``run``."""
+
+    id: str
+    card: str
+    title: str
+    claim: str
+    run: Callable[[Context], Outcome]
