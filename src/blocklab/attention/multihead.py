@@ -1,0 +1,130 @@
+"""Multi-head attention with grouped key/value heads: MHA, GQA and MQA in one module.
+
+    head_h = softmax(Q_h K_g^T / sqrt(D)) V_g,   g = h // (H / H_kv)
+    out    = W_o [head_1; ...; head_H]
+
+H_kv == H is multi-head attention (Vaswani et al. 2017), H_kv == 1 multi-query
+attention (Shazeer 2019), anything between grouped-query attention (Ainslie et al.
+2023). Fewer K/V heads shrink the KV cache, and the memory read per decoded token,
+by H / H_kv. The q/k/v projections are one fused matrix (``wqkv``: H*D query rows,
+then H_kv*D key rows, then H_kv*D value rows), so one matmul feeds all three.
+
+Checked against the naive oracle in ``tests/reference/attention.py`` and, through
+``TransformerLM.from_hf``, against Hugging Face Llama/Mistral/Qwen2 attention.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from blocklab.attention.functional import causal_mask, scaled_dot_product_attention
+from blocklab.attention.kv_cache import KVCache
+
+__all__ = ["Attention"]
+
+
+class Attention(nn.Module):
+    """Self-attention over (B, T, C) inputs.
+
+    Args:
+        d_model: model width C.
+        n_heads: query heads H.
+        n_kv_heads: key/value heads H_kv (default H); must divide H.
+        head_dim: D (default C / H, which must then divide evenly).
+        rope: a ``RotaryEmbedding`` applied to q and k, or None.
+        bias: biases on the q/k/v projection.
+        out_bias: bias on the output projection (default: ``bias``; Qwen2 has
+            q/k/v biases but none on the output).
+        window: sliding-window size for causal attention (Mistral), or None.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        rope: nn.Module | None = None,
+        bias: bool = False,
+        out_bias: bool | None = None,
+        window: int | None = None,
+    ) -> None:
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value <= 0:
+                raise ValueError(f"{name} ({value}) must be positive")
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be divisible by n_kv_heads ({n_kv_heads})")
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(
+                    f"d_model ({d_model}) must be divisible by n_heads ({n_heads}) "
+                    "when head_dim is not given"
+                )
+            head_dim = d_model // n_heads
+        if head_dim <= 0:
+            raise ValueError(f"head_dim ({head_dim}) must be positive")
+        if window is not None and window <= 0:
+            raise ValueError(f"window ({window}) must be positive or None")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = head_dim
+        self.window = window
+        self.layer_idx = 0  # which slice of a shared KVCache this layer uses
+        self.rope = rope
+        self.wqkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
+        self.wo = nn.Linear(n_heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        causal: bool = False,
+        mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Args:
+            x: (B, T, C).
+            causal: hide future keys (aligned to the end when a cache holds the past).
+            mask: bool (True = attend) or additive, broadcastable to (B, H, T, S) with
+                S the number of keys (cache length + T).
+            position_ids: (T,) or (B, T) positions for RoPE; default continues the cache.
+            cache: a KVCache; this layer's keys/values are appended to it.
+
+        Returns:
+            (B, T, C).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be (B, T, C={self.d_model}), got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.wqkv(x).split((H * D, H_kv * D, H_kv * D), dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        start = cache.length if cache is not None else 0
+        if self.rope is not None:
+            q, k = self.rope(q, k, position_ids, offset=start)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, start + T, D)
+        S = k.shape[2]
+        if causal and self.window is not None and S > self.window:
+            window_mask = causal_mask(T, S, device=x.device, window=self.window)
+            mask = window_mask if mask is None else mask & window_mask
+            causal = False
+        out = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)  # (B, H, T, D)
+        out = out.transpose(1, 2).reshape(B, T, H * D)
+        return self.wo(out)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+            f"head_dim={self.head_dim}"
+        )

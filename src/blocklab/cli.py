@@ -1,0 +1,161 @@
+"""The ``blocklab`` command line.
+
+Each subcommand is one :class:`Command` in :data:`COMMANDS`: a name, its help, a
+function that adds its arguments to an ``argparse`` parser and a function that
+runs it and returns the exit code. Adding a subcommand is adding one entry.
+Heavy imports (torch, the lab) happen inside the run functions, so ``--help``
+stays fast.
+
+Exit codes: 0 success, 1 an experiment or task failed, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+USAGE_ERROR = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``blocklab`` subcommand."""
+
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("blocklab")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _error(command: str, message: str) -> int:
+    print(f"blocklab {command}: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _add_lab_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "ids", nargs="*", metavar="ID",
+        help="experiments to run, in this order (default: every implemented one; "
+             "see --list)",
+    )
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--quick", dest="quick", action="store_true", default=True,
+                       help="quick scale, about a minute per experiment on a CPU (default)")
+    scale.add_argument("--full", dest="quick", action="store_false",
+                       help="full scale: longer runs, larger models, tighter numbers")
+    parser.add_argument("--out", default="lab-report", metavar="DIR",
+                        help="report directory: results.json, index.html, figures/ "
+                             "(default: %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where to run the experiments (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="random seed set before each experiment (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress output, only the final summary")
+    parser.add_argument("--list", action="store_true",
+                        help="list the experiments and whether they are implemented, then exit")
+
+
+def _list_experiments() -> int:
+    from blocklab.lab import experiments as registry
+
+    for experiment_id in registry.known_ids():
+        if not registry.is_available(experiment_id):
+            print(f"{experiment_id:<14} {'':<8} (not yet implemented)")
+            continue
+        try:
+            experiment = registry.load_experiment(experiment_id)
+        except Exception as err:  # a broken module is listed, not fatal
+            print(f"{experiment_id:<14} {'':<8} (cannot load: {type(err).__name__}: {err})")
+            continue
+        print(f"{experiment_id:<14} {experiment.card:<8} {experiment.title}")
+    return 0
+
+
+def _run_lab(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list_experiments()
+
+    import torch
+
+    from blocklab.lab import experiments as registry
+    from blocklab.lab.runner import run_lab
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _error("lab", f"--device cuda was requested but CUDA is not available "
+                             f"(torch {torch.__version__} sees no GPU); use --device cpu")
+    for experiment_id in args.ids:
+        if experiment_id not in registry.known_ids():
+            return _error("lab", f"unknown experiment id {experiment_id!r}; known ids: "
+                                 f"{', '.join(registry.known_ids())}")
+    result = run_lab(args.ids or None, quick=args.quick, out_dir=args.out,
+                     device=args.device, seed=args.seed, progress=not args.quiet)
+    if not result.records:
+        print("no experiment is implemented yet; nothing was run")
+    for record in result.records:
+        print(f"{record['id']:<14} {record['verdict']:<14} {record['seconds']:8.1f} s")
+    print(f"report: {result.html_path}")
+    return 0 if result.ok else 1
+
+
+COMMANDS: list[Command] = [
+    Command(
+        name="lab",
+        help="run the lab experiments and write an HTML report",
+        description=(
+            "Run lab experiments: each checks a building block's textbook claim on real "
+            "runs, derives a verdict (supported, partly, not supported) from the numbers "
+            "and draws its figures. Writes DIR/results.json and a self-contained "
+            "DIR/index.html. Exit code 0 if every experiment ran, 1 if any failed."
+        ),
+        add_arguments=_add_lab_arguments,
+        run=_run_lab,
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``blocklab`` parser with one subparser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="blocklab",
+        description="Verified, measured and demonstrated building blocks of modern "
+                    "transformers.",
+        epilog="Run 'blocklab COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"blocklab {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help,
+                                    description=command.description)
+        command.add_arguments(sub)
+        sub.set_defaults(handler=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its exit code.
+
+    ``--help`` and ``--version`` exit through ``SystemExit(0)``, argument errors
+    through ``SystemExit(2)``, as argparse does.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return USAGE_ERROR
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

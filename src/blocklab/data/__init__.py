@@ -1,0 +1,27 @@
+"""Offline data: byte tokenizer, the shipped text corpus, user text files, batching.
+
+Nothing here touches the network: the default corpus ships inside the package
+and user data is read from plain text or JSONL files.
+"""
+
+from blocklab.data.text import (
+    SHIPPED_CORPORA,
+    TokenDataset,
+    corpus_tokens,
+    iterate_eval_batches,
+    load_corpus,
+    random_batches,
+    split_tokens,
+)
+from blocklab.data.tokenizer import ByteTokenizer
+
+__all__ = [
+    "SHIPPED_CORPORA",
+    "ByteTokenizer",
+    "TokenDataset",
+    "corpus_tokens",
+    "iterate_eval_batches",
+    "load_corpus",
+    "random_batches",
+    "split_tokens",
+]

@@ -1,0 +1,159 @@
+"""The lab report: one self-contained HTML page built from ``results.json``.
+
+Inline CSS, no JavaScript, no network: the page opens from disk anywhere, and
+figures are linked by their paths relative to the report directory. Every piece
+of text from the results goes through :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import os
+from html import escape
+from pathlib import Path
+from typing import Any
+
+_COLOURS = {
+    "supported": "#1a7f37",
+    "partly": "#9a6700",
+    "not supported": "#bc4c00",
+    "error": "#cf222e",
+}
+
+_CSS = """
+body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1f2328}
+h1{margin-bottom:.2em}h2{margin-top:2.5em;border-bottom:1px solid #d0d7de}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #d0d7de;padding:.3em .6em;
+text-align:left;vertical-align:top}th{background:#f6f8fa}td.num{font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:.1em .6em;border-radius:1em;color:#fff;font-size:.85em;
+font-weight:600;white-space:nowrap}.card{color:#656d76;font-weight:normal;font-size:.8em}
+.claim{border-left:4px solid #d0d7de;padding-left:1em;font-style:italic}
+.env td:first-child{font-weight:600}img{max-width:100%;border:1px solid #d0d7de;margin:.5em 0}
+pre{background:#fff0f0;padding:1em;overflow-x:auto;font-size:.85em}
+code{background:#f6f8fa;padding:.1em .3em}
+"""
+
+
+def _badge(verdict: str) -> str:
+    colour = _COLOURS.get(verdict, "#6e7781")
+    return f'<span class="badge" style="background:{colour}">{escape(verdict)}</span>'
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _format(value: Any, max_items: int = 12) -> str:
+    """A metric value as short text: floats to 4 significant digits, long lists cut."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, list):
+        items = [_format(v, max_items) for v in value]
+        if len(items) > max_items:
+            items = items[: max_items - 3] + ["…"] + items[-2:] + [f"(n={len(value)})"]
+            return "[" + ", ".join(items[:-1]) + "] " + items[-1]
+        return "[" + ", ".join(items) + "]"
+    return str(value)
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts (and lists of dicts) as one level with dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{name}.{i}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...] = (), css: str = "") -> str:
+    """An HTML table from rows of already escaped cells."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    cls = f' class="{css}"' if css else ""
+    return f"<table{cls}>" + (f"<tr>{head}</tr>" if head else "") + body + "</table>"
+
+
+def _anchor(record: dict[str, Any]) -> str:
+    return escape(f"exp-{record['id']}", quote=True)
+
+
+def _summary(records: list[dict[str, Any]]) -> str:
+    rows = [
+        (
+            f'<a href="#{_anchor(r)}">{escape(str(r["id"]))}</a>',
+            escape(r.get("title") or ""),
+            _badge(r["verdict"]),
+            f'{r.get("seconds", 0.0):.1f}',
+        )
+        for r in records
+    ]
+    counts = {}
+    for r in records:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    totals = ", ".join(f"{n} {escape(v)}" for v, n in counts.items()) or "no experiments run"
+    return f"<p>{totals}</p>" + _table(rows, ("id", "title", "verdict", "seconds"))
+
+
+def _section(record: dict[str, Any]) -> str:
+    title = escape(record.get("title") or str(record["id"]))
+    label = " · ".join(str(x) for x in (record.get("card"), record["id"]) if x)
+    parts = [
+        f'<section id="{_anchor(record)}">',
+        f'<h2>{title} <span class="card">{escape(label)}</span></h2>',
+    ]
+    if record.get("claim"):
+        parts.append(f'<p class="claim">{escape(record["claim"])}</p>')
+    parts.append(f"<p>Verdict: {_badge(record['verdict'])} "
+                 f"in {record.get('seconds', 0.0):.1f} s</p>")
+    if record.get("evidence"):
+        parts.append(f"<p>{escape(record['evidence'])}</p>")
+    metrics = flatten(record.get("metrics") or {})
+    if metrics:
+        rows = [(escape(k), escape(_format(v))) for k, v in metrics.items()]
+        parts.append(_table(rows, ("metric", "value")))
+    for figure in record.get("figures") or []:
+        src = escape(figure, quote=True)
+        parts.append(f'<p><a href="{src}"><img src="{src}" alt="{src}"></a></p>')
+    parts.append(f"<p>Rerun: <code>{escape(record.get('command') or '')}</code></p>")
+    error = record.get("error")
+    if error:
+        parts.append(f"<pre>{escape(error.get('message', ''))}\n\n"
+                     f"{escape(error.get('traceback', ''))}</pre>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_html(results: dict[str, Any]) -> str:
+    """The report page for ``results`` (the content of ``results.json``)."""
+    env = results.get("environment", {})
+    records = results.get("experiments", [])
+    env_rows = [(escape(str(k)), escape(_format(v))) for k, v in env.items()]
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>blocklab lab report</title><style>{_CSS}</style></head><body>",
+        "<h1>blocklab lab report</h1>",
+        _table(env_rows, css="env"),
+        "<h2>Summary</h2>",
+        _summary(records),
+        *(_section(r) for r in records),
+        "</body></html>",
+    ]) + "\n"
+
+
+def write_html(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``out_dir/index.html`` for ``results`` and return its path."""
+    path = Path(out_dir) / "index.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(results), encoding="utf-8")
+    return path

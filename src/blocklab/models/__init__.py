@@ -1,0 +1,7 @@
+"""Models built from blocklab's blocks, and Hugging Face interop."""
+
+from blocklab.models.config import PRESETS, TransformerConfig
+from blocklab.models.generate import generate
+from blocklab.models.transformer import TransformerLM
+
+__all__ = ["TransformerConfig", "TransformerLM", "PRESETS", "generate"]

@@ -1,0 +1,236 @@
+"""Hugging Face interop: Llama, Mistral and Qwen2 causal LMs to and from TransformerLM.
+
+The three families share one architecture (pre-norm RMSNorm, SwiGLU, RoPE in the
+half-split layout, grouped K/V heads) and differ in options: Qwen2 has q/k/v biases
+and often tied embeddings, Mistral a sliding window, Llama optional attention/MLP
+biases. The weight map fuses q/k/v into ``wqkv`` and gate/up into ``w_in``. Reads the
+rotary settings from ``config.rope_parameters`` (transformers 5) or
+``rope_theta``/``rope_scaling`` (transformers 4). ``transformers`` is imported only
+here, and only when called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from blocklab.models.config import TransformerConfig
+from blocklab.models.transformer import TransformerLM
+from blocklab.position.scaling import RopeScaling
+
+__all__ = ["config_from_hf", "from_hf", "to_hf", "FAMILIES"]
+
+FAMILIES = ("llama", "mistral", "qwen2")
+_ACT_TO_GLU = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu"}
+_GLU_TO_ACT = {"swiglu": "silu", "geglu": "gelu", "reglu": "relu"}
+
+
+def _rope_settings(hf_config: Any) -> tuple[float, dict[str, Any] | None]:
+    params = getattr(hf_config, "rope_parameters", None)
+    if isinstance(params, dict) and params:
+        theta = params.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+        kind = params.get("rope_type", params.get("type", "default"))
+        return float(theta), (None if kind == "default" else params)
+    theta = float(getattr(hf_config, "rope_theta", 10000.0))
+    scaling = getattr(hf_config, "rope_scaling", None)
+    if scaling and scaling.get("rope_type", scaling.get("type", "default")) == "default":
+        scaling = None
+    return theta, scaling
+
+
+def _scaling_from_hf(params: dict[str, Any], max_pos: int) -> RopeScaling:
+    kind = params.get("rope_type", params.get("type"))
+    original = int(params.get("original_max_position_embeddings") or max_pos)
+    if kind == "linear":
+        return RopeScaling("linear", float(params["factor"]), original)
+    if kind == "llama3":
+        return RopeScaling(
+            "llama3",
+            float(params["factor"]),
+            original,
+            low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+        )
+    raise ValueError(f"rope scaling type {kind!r} is not supported (supported: linear, llama3)")
+
+
+def config_from_hf(hf_config: Any) -> TransformerConfig:
+    """TransformerConfig equivalent to a Hugging Face Llama/Mistral/Qwen2 config."""
+    family = getattr(hf_config, "model_type", None)
+    if family not in FAMILIES:
+        raise ValueError(f"model_type {family!r} is not supported; supported: {FAMILIES}")
+    act = getattr(hf_config, "hidden_act", "silu")
+    if act not in _ACT_TO_GLU:
+        raise ValueError(f"hidden_act {act!r} is not supported; supported: {sorted(_ACT_TO_GLU)}")
+    theta, scaling = _rope_settings(hf_config)
+    n_heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // n_heads
+    partial = getattr(hf_config, "partial_rotary_factor", 1.0) or 1.0
+    max_pos = int(hf_config.max_position_embeddings)
+    if family == "qwen2":
+        if getattr(hf_config, "use_sliding_window", False):
+            raise ValueError("Qwen2 with use_sliding_window=True is not supported")
+        window, qkv_bias, out_bias, ffn_bias = None, True, False, False
+    else:
+        window = getattr(hf_config, "sliding_window", None) if family == "mistral" else None
+        qkv_bias = out_bias = bool(getattr(hf_config, "attention_bias", False))
+        ffn_bias = bool(getattr(hf_config, "mlp_bias", False))
+    return TransformerConfig(
+        vocab_size=hf_config.vocab_size,
+        d_model=hf_config.hidden_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(hf_config, "num_key_value_heads", None) or n_heads,
+        head_dim=head_dim,
+        ffn_hidden_dim=hf_config.intermediate_size,
+        activation=_ACT_TO_GLU[act],
+        norm="rmsnorm",
+        norm_eps=float(hf_config.rms_norm_eps),
+        position="rope",
+        rope_base=theta,
+        rope_dim=int(head_dim * partial),
+        rope_scaling=_scaling_from_hf(scaling, max_pos) if scaling else None,
+        max_seq_len=max_pos,
+        sliding_window=window,
+        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+        qkv_bias=qkv_bias,
+        out_bias=out_bias,
+        ffn_bias=ffn_bias,
+        name=f"hf-{family}",
+    )
+
+
+def _linear_pairs(i: int) -> list[tuple[str, list[str]]]:
+    """(our parameter, the HF parameters concatenated into it) for layer i."""
+    hf = f"model.layers.{i}."
+    ours = f"layers.{i}."
+    return [
+        (ours + "attn_norm.weight", [hf + "input_layernorm.weight"]),
+        (ours + "attn.wqkv.weight", [hf + f"self_attn.{p}_proj.weight" for p in "qkv"]),
+        (ours + "attn.wqkv.bias", [hf + f"self_attn.{p}_proj.bias" for p in "qkv"]),
+        (ours + "attn.wo.weight", [hf + "self_attn.o_proj.weight"]),
+        (ours + "attn.wo.bias", [hf + "self_attn.o_proj.bias"]),
+        (ours + "ffn_norm.weight", [hf + "post_attention_layernorm.weight"]),
+        (ours + "ffn.w_in.weight", [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"]),
+        (ours + "ffn.w_in.bias", [hf + "mlp.gate_proj.bias", hf + "mlp.up_proj.bias"]),
+        (ours + "ffn.w_out.weight", [hf + "mlp.down_proj.weight"]),
+        (ours + "ffn.w_out.bias", [hf + "mlp.down_proj.bias"]),
+    ]
+
+
+def _weight_map(config: TransformerConfig) -> list[tuple[str, list[str]]]:
+    pairs = [("embed.weight", ["model.embed_tokens.weight"]), ("norm.weight", ["model.norm.weight"])]
+    if not config.tie_embeddings:
+        pairs.append(("lm_head.weight", ["lm_head.weight"]))
+    for i in range(config.n_layers):
+        pairs += _linear_pairs(i)
+    return pairs
+
+
+@torch.no_grad()
+def from_hf(hf_model: nn.Module) -> TransformerLM:
+    """A TransformerLM with the weights of a Hugging Face causal LM (same logits)."""
+    config = config_from_hf(hf_model.config)
+    ref = next(hf_model.parameters())
+    model = TransformerLM(config).to(device=ref.device, dtype=ref.dtype)
+    theirs = hf_model.state_dict()
+    ours = model.state_dict()
+    for name, sources in _weight_map(config):
+        if name not in ours:
+            continue
+        missing = [s for s in sources if s not in theirs]
+        if missing:
+            raise ValueError(f"Hugging Face checkpoint lacks {missing} needed for {name}")
+        ours[name].copy_(torch.cat([theirs[s] for s in sources], dim=0))
+    return model.eval() if not hf_model.training else model
+
+
+def _hf_config(config: TransformerConfig, family: str) -> Any:
+    import transformers
+
+    if config.position != "rope" or config.norm != "rmsnorm" or config.activation not in _GLU_TO_ACT:
+        raise ValueError(
+            "only RoPE + RMSNorm + GLU-FFN models map to Llama/Mistral/Qwen2, got "
+            f"position={config.position!r}, norm={config.norm!r}, activation={config.activation!r}"
+        )
+    if config.rope_interleaved:
+        raise ValueError("Hugging Face Llama-family models use the half-split rotary layout")
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_base}
+    if config.rope_scaling is not None:
+        s = config.rope_scaling
+        rope.update(rope_type=s.kind, factor=s.factor,
+                    original_max_position_embeddings=s.original_max_seq_len)
+        if s.kind == "llama3":
+            rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor)
+    common: dict[str, Any] = dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.kv_heads,
+        head_dim=config.dim_head,
+        hidden_act=_GLU_TO_ACT[config.activation],
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        tie_word_embeddings=config.tie_embeddings,
+        rope_theta=config.rope_base,
+    )
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        common.pop("rope_theta")
+        common["rope_parameters"] = rope
+    elif config.rope_scaling is not None:
+        common["rope_scaling"] = rope
+    if family == "qwen2":
+        if not (config.qkv_bias and not config.out_bias and not config.ffn_bias):
+            raise ValueError("Qwen2 has q/k/v biases only; this config's biases differ")
+        return transformers.Qwen2Config(**common)
+    if family == "mistral":
+        if config.qkv_bias or config.out_bias or config.ffn_bias:
+            raise ValueError("Mistral has no biases; this config has some")
+        return transformers.MistralConfig(sliding_window=config.sliding_window, **common)
+    if config.qkv_bias != config.out_bias:
+        raise ValueError("Llama's attention_bias covers q/k/v and output together")
+    return transformers.LlamaConfig(
+        attention_bias=config.qkv_bias, mlp_bias=config.ffn_bias, **common
+    )
+
+
+def _family_of(config: TransformerConfig) -> str:
+    if config.qkv_bias and not config.out_bias:
+        return "qwen2"
+    if config.sliding_window is not None:
+        return "mistral"
+    return "llama"
+
+
+@torch.no_grad()
+def to_hf(model: TransformerLM, family: str | None = None) -> nn.Module:
+    """The Hugging Face causal LM (Llama, Mistral or Qwen2) with this model's weights."""
+    import transformers
+
+    config = model.config
+    family = family or _family_of(config)
+    if family not in FAMILIES:
+        raise ValueError(f"family ({family!r}) must be one of {FAMILIES}")
+    hf_config = _hf_config(config, family)
+    cls = {
+        "llama": transformers.LlamaForCausalLM,
+        "mistral": transformers.MistralForCausalLM,
+        "qwen2": transformers.Qwen2ForCausalLM,
+    }[family]
+    ref = next(model.parameters())
+    hf_model = cls(hf_config).to(device=ref.device, dtype=ref.dtype)
+    theirs = hf_model.state_dict()
+    ours = model.state_dict()
+    for name, sources in _weight_map(config):
+        if name not in ours:
+            continue
+        sizes = [theirs[s].shape[0] for s in sources]
+        for s, part in zip(sources, torch.split(ours[name], sizes, dim=0), strict=True):
+            theirs[s].copy_(part)
+    if config.tie_embeddings:
+        hf_model.tie_weights()
+    return hf_model.train(model.training)

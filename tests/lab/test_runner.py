@@ -1,0 +1,188 @@
+"""The lab runner and report, driven by fake experiments put into the registry."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from blocklab.lab import experiments as registry
+from blocklab.lab.base import Context, Experiment, Outcome
+from blocklab.lab.report import _format, flatten
+from blocklab.lab.runner import run_lab, to_jsonable
+
+
+def _ok(ctx: Context) -> Outcome:
+    for _ in ctx.progress(range(10), "training"):
+        pass
+    path, rel = ctx.figure_path("fake_ok")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n")
+    metrics = {
+        "loss": torch.tensor(0.123456789),
+        "curve": torch.tensor([1.0, float("nan"), 3.0]),
+        "gap": float("inf"),
+        "ratio": np.float32(0.5),
+        "steps": np.int64(7),
+        "nested": {"a": {"b": 1.0}},
+    }
+    return Outcome(metrics=metrics, verdict="supported",
+                   evidence="ratio 0.5 <script>alert(1)</script>", figures=[rel])
+
+
+def _fail(ctx: Context) -> Outcome:
+    raise RuntimeError("boom <b>bold</b>")
+
+
+def _random(ctx: Context) -> Outcome:
+    value = torch.rand(1).item()
+    return Outcome(metrics={"value": value, "device": ctx.device}, verdict="partly",
+                   evidence="random draw")
+
+
+FAKES = {
+    "fake_ok": Experiment("fake_ok", "DL9999", "Fake that works", "It works.", _ok),
+    "fake_fail": Experiment("fake_fail", "DL9998", "Fake that fails", "It fails.", _fail),
+    "fake_random": Experiment("fake_random", "DL9997", "Fake random", "Seeded.", _random),
+}
+
+
+@pytest.fixture(autouse=True)
+def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for experiment_id, experiment in FAKES.items():
+        monkeypatch.setitem(registry._REGISTRY_OVERRIDES, experiment_id, experiment)
+
+
+def _run(ids: list[str], out: Path, **kwargs) -> tuple:
+    result = run_lab(ids, out_dir=out, progress=False, **kwargs)
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    html = (out / "index.html").read_text(encoding="utf-8")
+    return result, results, html
+
+
+def test_registry_order_and_overrides() -> None:
+    assert registry.EXPERIMENT_IDS == ("rope", "sparsity", "distillation", "focal", "ffn",
+                                       "mqa", "cost", "hierarchical", "dot_product", "dilated")
+    assert registry.known_ids()[:10] == registry.EXPERIMENT_IDS
+    available = registry.available_experiments()
+    assert available[-3:] == ["fake_ok", "fake_fail", "fake_random"]
+    assert registry.load_experiment("fake_ok") is FAKES["fake_ok"]
+
+
+def test_results_json_structure(tmp_path: Path) -> None:
+    result, results, _ = _run(["fake_ok"], tmp_path)
+    assert result.ok
+    env = results["environment"]
+    for key in ("torch", "python", "platform", "device", "cpu", "threads", "git_commit",
+                "date", "blocklab", "scale", "seed"):
+        assert key in env
+    assert env["scale"] == "quick" and env["seed"] == 0 and env["device"] == "cpu"
+    (record,) = results["experiments"]
+    assert set(record) >= {"id", "card", "title", "claim", "verdict", "evidence", "metrics",
+                           "figures", "seconds", "command"}
+    assert record["verdict"] == "supported"
+    assert record["card"] == "DL9999" and record["claim"] == "It works."
+    assert record["command"] == "blocklab lab fake_ok --quick"
+    assert record["seconds"] >= 0
+    assert result.records == results["experiments"]
+
+
+def test_full_scale_and_seed_in_command(tmp_path: Path) -> None:
+    _, results, _ = _run(["fake_ok"], tmp_path, quick=False, seed=3)
+    assert results["environment"]["scale"] == "full"
+    assert results["experiments"][0]["command"] == "blocklab lab fake_ok --full --seed 3"
+
+
+def test_failure_does_not_stop_the_next(tmp_path: Path) -> None:
+    result, results, html = _run(["fake_fail", "fake_ok"], tmp_path)
+    assert not result.ok
+    failed, passed = results["experiments"]
+    assert failed["verdict"] == "error"
+    assert "RuntimeError: boom" in failed["error"]["message"]
+    assert "Traceback" in failed["error"]["traceback"]
+    assert passed["verdict"] == "supported" and passed["error"] is None
+    assert "RuntimeError: boom &lt;b&gt;bold&lt;/b&gt;" in html
+    assert "<pre>" in html
+
+
+def test_unimplemented_id_is_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "EXPERIMENT_IDS", registry.EXPERIMENT_IDS + ("ghost",))
+    assert "ghost" not in registry.available_experiments()
+    result, results, _ = _run(["ghost", "fake_ok"], tmp_path)
+    assert not result.ok
+    assert "not yet implemented" in results["experiments"][0]["error"]["message"]
+    assert results["experiments"][1]["verdict"] == "supported"
+
+
+def test_figures_are_relative(tmp_path: Path) -> None:
+    _, results, html = _run(["fake_ok"], tmp_path)
+    assert results["experiments"][0]["figures"] == ["figures/fake_ok.png"]
+    assert (tmp_path / "figures" / "fake_ok.png").exists()
+    assert '<img src="figures/fake_ok.png"' in html
+
+
+def test_metrics_become_json(tmp_path: Path) -> None:
+    _, results, _ = _run(["fake_ok"], tmp_path)
+    assert "NaN" not in (tmp_path / "results.json").read_text(encoding="utf-8")
+    metrics = results["experiments"][0]["metrics"]
+    assert math.isclose(metrics["loss"], 0.123456789, rel_tol=1e-6)
+    assert metrics["curve"] == [1.0, None, 3.0]
+    assert metrics["gap"] is None
+    assert metrics["ratio"] == 0.5 and metrics["steps"] == 7
+    assert metrics["nested"] == {"a": {"b": 1.0}}
+
+
+def test_to_jsonable() -> None:
+    value = {1: (np.array([1.5, np.nan]), torch.tensor(True)), "d": torch.device("cpu")}
+    assert to_jsonable(value) == {"1": [[1.5, None], True], "d": "cpu"}
+    json.dumps(to_jsonable({"x": float("-inf")}), allow_nan=False)
+
+
+def test_unknown_id(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"'nope'.*rope, sparsity"):
+        run_lab(["nope"], out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="nope"):
+        registry.load_experiment("nope")
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_unavailable_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device"):
+        run_lab(["fake_ok"], out_dir=tmp_path, device="cuda", progress=False)
+
+
+def test_html_escapes_text(tmp_path: Path) -> None:
+    _, _, html = _run(["fake_ok"], tmp_path)
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'href="#exp-fake_ok"' in html and 'id="exp-fake_ok"' in html
+
+
+def test_seeded_before_each_experiment(tmp_path: Path) -> None:
+    _, results, _ = _run(["fake_random", "fake_ok"], tmp_path / "a", seed=5)
+    torch.rand(100)
+    _, again, _ = _run(["fake_random"], tmp_path / "b", seed=5)
+    first = results["experiments"][0]["metrics"]["value"]
+    assert first == again["experiments"][0]["metrics"]["value"]
+    assert results["experiments"][0]["metrics"]["device"] == "cpu"
+
+
+def test_progress_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_lab(["fake_ok"], out_dir=tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "[1/1] fake_ok: running" in err
+    assert "fake_ok: training 1/10" in err and "fake_ok: training 10/10" in err
+    assert "fake_ok: supported (" in err
+
+
+def test_report_formatting() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [{"f": 3}]}) == {
+        "a.b": 1, "a.c.d": 2, "e.0.f": 3}
+    assert _format(0.123456) == "0.1235"
+    assert _format(None) == "—"
+    long = _format([float(i) for i in range(100)])
+    assert long.startswith("[0, 1, 2") and "…" in long and long.endswith("(n=100)")
