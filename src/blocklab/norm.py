@@ -2,7 +2,7 @@
 
     RMSNorm(x) = g * x / sqrt(mean(x^2) + eps)
 
-Computed in float32 and cast back before the gain, exactly as Hugging Face Llama's
+Computed in (at least) float32 and cast back before the gain, exactly as Hugging Face Llama's
 ``LlamaRMSNorm``, so ported weights give the same numbers.
 """
 
@@ -27,7 +27,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., C) -> (..., C), same dtype."""
         dtype = x.dtype
-        h = x.float()
+        h = x.to(torch.promote_types(dtype, torch.float32))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
 

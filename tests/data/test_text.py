@@ -125,7 +125,9 @@ def test_bad_files(tmp_path: Path) -> None:
 # --- splits and batches --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("n", "fraction", "n_val"), [(1000, 0.1, 100), (1001, 0.25, 250), (10, 0.0, 0)])
+@pytest.mark.parametrize(
+    ("n", "fraction", "n_val"), [(1000, 0.1, 100), (1001, 0.25, 250), (10, 0.0, 0)]
+)
 def test_split_sizes(n: int, fraction: float, n_val: int) -> None:
     tokens = torch.arange(n)
     train, val = split_tokens(tokens, fraction)

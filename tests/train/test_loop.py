@@ -28,7 +28,7 @@ def test_train_lm_reduces_loss_on_corpus() -> None:
     train, val = corpus_tokens()
     model = bigram()
     before = evaluate_lm(model, val, batch_size=16, seq_len=64, max_batches=4)
-    history = train_lm(model, train, steps=100, batch_size=16, seq_len=64, lr=1e-2,
+    history = train_lm(model, train, steps=100, batch_size=8, seq_len=32, lr=1e-2,
                        eval_tokens=val, eval_every=50, eval_batches=4)
     assert history.steps == list(range(1, 101)) and len(history.losses) == 100
     assert history.eval_steps == [50, 100] and history.final_eval == history.eval_losses[-1]
@@ -109,8 +109,9 @@ def test_train_lm_errors() -> None:
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         train_lm(bigram(), train, steps=0, batch_size=2, seq_len=8)
     with pytest.raises(ValueError, match=r"\(B, T, V\)"):
-        train_lm(nn.Embedding(256, 8).to(torch.float32).eval().train(),
-                 train, steps=1, batch_size=2, seq_len=8)  # (B, T, 8) passes the shape check
+        # (B, V) logits: one prediction per sequence instead of one per position.
+        flat = nn.Sequential(nn.Embedding(256, 4), nn.Flatten(), nn.Linear(32, 256))
+        train_lm(flat, train, steps=1, batch_size=2, seq_len=8)
     small = nn.Sequential(nn.Embedding(256, 8), nn.Linear(8, 100))
     with pytest.raises(ValueError, match=r"V = 100"):
         train_lm(small, train, steps=1, batch_size=2, seq_len=8)
@@ -173,3 +174,14 @@ def test_train_classifier_errors() -> None:
         train_classifier(nn.Linear(2, 2), x, y, steps=1, batch_size=4, eval_x=x)
     with pytest.raises(ValueError, match="lr must be > 0, got 0"):
         train_classifier(nn.Linear(2, 2), x, y, steps=1, batch_size=4, lr=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_train_lm_on_cuda_from_cpu_tokens() -> None:
+    train, val = corpus_tokens()
+    model = bigram()
+    history = train_lm(model, train, steps=50, batch_size=8, seq_len=32, lr=1e-2,
+                       device="cuda", eval_tokens=val, eval_batches=2)
+    assert next(model.parameters()).is_cuda
+    assert history.final_eval is not None and history.final_eval < history.losses[0] - 1.0

@@ -10,7 +10,7 @@ key at position m is rotated by the angle m * theta_i, theta_i = base^(-2i/d):
 so that <R_m q, R_n k> = q^T R_(n-m) k depends on the positions only through m - n.
 
 Angles are computed in float64 from integer positions and the cos/sin tables are
-stored in float32, whatever the input dtype: low-precision positions or angles
+used in float32 (float64 for fp64 inputs), whatever the input dtype: low-precision positions or angles
 corrupt far positions (transformers PR#29285). Checked against the fp64 oracle in
 ``tests/reference/rope.py`` and Hugging Face's ``apply_rotary_pos_emb``.
 """
@@ -112,24 +112,35 @@ class RotaryEmbedding(nn.Module):
         self._cos: torch.Tensor | None = None
         self._sin: torch.Tensor | None = None
 
-    def _table(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _table(
+        self, length: int, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin tables of at least ``length`` rows: float32, or float64 for fp64 inputs."""
         cos = self._cos
         if cos is None or cos.shape[0] < length or cos.device != device:
             size = max(length, self.max_seq_len)
             ang = rope_angles(torch.arange(size), self.inv_freq64)  # (size, dim/2) fp64
-            self._cos = (ang.cos() * self.attention_factor).to(device, torch.float32)
-            self._sin = (ang.sin() * self.attention_factor).to(device, torch.float32)
+            self._cos64 = (ang.cos() * self.attention_factor).to(device)
+            self._sin64 = (ang.sin() * self.attention_factor).to(device)
+            self._cos, self._sin = self._cos64.float(), self._sin64.float()
+        if dtype == torch.float64:
+            return self._cos64, self._sin64
         return self._cos, self._sin
 
     def cos_sin(
-        self, position_ids: torch.Tensor | None, T: int, device: torch.device, offset: int = 0
+        self,
+        position_ids: torch.Tensor | None,
+        T: int,
+        device: torch.device,
+        offset: int = 0,
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for positions: (T, dim/2) when position_ids is None (positions
         offset..offset+T-1) or (T,), (B, 1, T, dim/2) for per-row (B, T) positions."""
         if position_ids is None:
             if offset < 0:
                 raise ValueError(f"offset ({offset}) must be >= 0")
-            cos, sin = self._table(offset + T, device)
+            cos, sin = self._table(offset + T, device, dtype)
             return cos[offset : offset + T], sin[offset : offset + T]
         if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point:
             raise TypeError("position_ids must be an integer tensor of shape (T,) or (B, T)")
@@ -141,7 +152,7 @@ class RotaryEmbedding(nn.Module):
         if position_ids.numel() and int(position_ids.min()) < 0:
             raise ValueError(f"position_ids must be >= 0, got min {int(position_ids.min())}")
         top = int(position_ids.max()) + 1 if position_ids.numel() else 1
-        cos, sin = self._table(top, device)
+        cos, sin = self._table(top, device, dtype)
         pid = position_ids.to(device)
         cos, sin = cos[pid], sin[pid]  # (T, dim/2) or (B, T, dim/2)
         if pid.dim() == 2:
@@ -175,7 +186,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in T or D")
         if self.dim > q.shape[-1]:
             raise ValueError(f"rotary dim ({self.dim}) is larger than the head dim ({q.shape[-1]})")
-        cos, sin = self.cos_sin(position_ids, q.shape[-2], q.device, offset)
+        cos, sin = self.cos_sin(position_ids, q.shape[-2], q.device, offset, q.dtype)
         return (
             apply_rotary(q, cos, sin, interleaved=self.interleaved),
             apply_rotary(k, cos, sin, interleaved=self.interleaved),

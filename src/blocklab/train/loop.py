@@ -300,7 +300,8 @@ def train_lm(
         The run's :class:`TrainHistory`.
     """
     if not isinstance(train_tokens, torch.Tensor) or train_tokens.dim() != 1:
-        raise ValueError(f"train_tokens must be a 1-D tensor, got {getattr(train_tokens, 'shape', type(train_tokens))}")
+        got = getattr(train_tokens, "shape", type(train_tokens).__name__)
+        raise ValueError(f"train_tokens must be a 1-D tensor, got {got}")
     warmup = min(100, steps // 10) if warmup is None else warmup
     _check_common(steps, batch_size, lr, warmup, grad_clip, eval_every)
     if seq_len < 1 or train_tokens.numel() < seq_len + 1:
