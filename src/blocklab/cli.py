@@ -125,6 +125,32 @@ COMMANDS: list[Command] = [
 ]
 
 
+# Subcommands that live beside the code they drive: each module defines
+# ``COMMAND: Command`` and keeps torch imports inside its run function.
+COMMAND_MODULES: tuple[str, ...] = (
+    "blocklab.cost.cli",
+    "blocklab.train.cli",
+    "blocklab.train.distill_cli",
+)
+
+
+def all_commands() -> list[Command]:
+    """:data:`COMMANDS` plus the ``COMMAND`` of every module in :data:`COMMAND_MODULES`
+    that exists."""
+    import importlib
+    import importlib.util
+
+    commands = list(COMMANDS)
+    for name in COMMAND_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if found:
+            commands.append(importlib.import_module(name).COMMAND)
+    return commands
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``blocklab`` parser with one subparser per entry of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(
@@ -135,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"blocklab {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
+    for command in all_commands():
         sub = subparsers.add_parser(command.name, help=command.help,
                                     description=command.description)
         command.add_arguments(sub)
