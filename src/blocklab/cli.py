@@ -176,7 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     through ``SystemExit(2)``, as argparse does.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (``train tiny --out d lr=1e-3``), which
+    # argparse cannot interleave with a positional list on its own.
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(
+        "=" in item and not item.startswith("-") for item in extra
+    ):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help(sys.stderr)
         return USAGE_ERROR

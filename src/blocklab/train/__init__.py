@@ -1,4 +1,5 @@
-"""Training: a minimal loop for language models and classifiers used by the lab."""
+"""Training: the full trainer behind ``blocklab train`` (checkpoints, resume, torchrun
+DDP/FSDP) and a minimal loop for the lab's language models and classifiers."""
 
 from blocklab.train.loop import (
     TrainHistory,

@@ -85,7 +85,7 @@ def cosine_lr(step: int, *, steps: int, lr: float, warmup: int,
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _adamw(model: nn.Module, lr: float, weight_decay: float,
+def adamw(model: nn.Module, lr: float, weight_decay: float,
            betas: tuple[float, float]) -> torch.optim.AdamW:
     # Decay matrices (linear and embedding weights) only; biases and norm gains are
     # offsets and scales, and shrinking them towards 0 only hurts (nanoGPT, GPT-2).
@@ -155,7 +155,7 @@ def _run(
     """The loop both trainers share: schedule, step, clip, record, evaluate."""
     was_training = model.training
     model.to(device)
-    optimizer = _adamw(model, lr, weight_decay, betas)
+    optimizer = adamw(model, lr, weight_decay, betas)
     generator = torch.Generator().manual_seed(seed)
     history = TrainHistory()
 
