@@ -133,9 +133,10 @@ def test_sigkill_at_any_moment_then_resume_is_bit_exact(tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun not installed")
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_two_processes_match_one(tmp_path, fsdp):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    args = ["-m", "blocklab", "train", "tiny", *FAST, "--max-steps", "6", "--quiet"]
+    args = ["-m", "blocklab", "train", "tiny", *FAST, "--max-steps", "6", "--quiet", f"fsdp={fsdp}"]
     subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], check=True, env=ENV,
                    capture_output=True)
     run = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *args,
@@ -145,3 +146,12 @@ def test_two_processes_match_one(tmp_path):
     assert [s for s, _ in one] == [s for s, _ in two]
     for (_, a), (_, b) in zip(one, two, strict=True):
         assert abs(a - b) < 1e-4 * max(1.0, abs(a))  # reduction order only
+
+
+def test_grad_accumulation_and_bf16(tmp_path):
+    base = FAST + ["max_steps=3"]
+    one = train(load_train_config("tiny", base), tmp_path / "a", progress=False)
+    accum = train(load_train_config("tiny", base + ["grad_accum=2"]), tmp_path / "b", progress=False)
+    assert abs(one.final_loss - accum.final_loss) < 1e-4
+    bf16 = train(load_train_config("tiny", base + ["precision=bf16"]), tmp_path / "c", progress=False)
+    assert abs(bf16.final_loss - one.final_loss) < 0.1

@@ -7,6 +7,7 @@ runs this command, rank 0 writes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from blocklab.cli import Command
@@ -50,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"blocklab train: error: {err}", file=sys.stderr)
         return 2
-    if result.final_loss is not None:
+    if result.final_loss is not None and os.environ.get("RANK", "0") == "0":
         print(f"step {result.steps}: loss {result.final_loss:.4f}"
               + (f", val_loss {result.final_val_loss:.4f}" if result.final_val_loss else ""))
     return 0
