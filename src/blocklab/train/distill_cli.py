@@ -1,0 +1,232 @@
+"""``blocklab distill``: distil a TransformerLM teacher into a smaller student.
+
+    blocklab distill --teacher-preset small --teacher-steps 1000 \\
+                     --student-preset tiny --steps 1000 --temperature 2 --alpha 0.5 --out DIR
+    blocklab distill --teacher CKPT --student-preset tiny --corpus my.txt --out DIR
+
+The corpus is the shipped one (``--corpus default``) or a user text/JSONL file,
+byte-tokenised (vocab 256), with the tail 10% held out. The teacher is either
+loaded from a checkpoint (``--teacher`` names a directory holding
+``model.safetensors`` and ``config.yaml``, as this command writes, or a
+``.safetensors`` file with a ``config.yaml`` beside it) or, without one, built
+from ``--teacher-preset`` and trained first on the same corpus for
+``--teacher-steps`` steps -- kept simple: one command gives a teacher and its
+student. The student is trained with :func:`blocklab.train.distill.distill_lm`.
+
+Writes to DIR: ``model.safetensors`` + ``config.yaml`` (the student),
+``teacher/`` (the same for a teacher trained here) and ``metrics.json``
+(validation loss and perplexity of teacher and student, parameter counts, times).
+Exit codes: 0 success, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from blocklab.cli import Command
+
+USAGE_ERROR = 2
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    teacher = parser.add_mutually_exclusive_group()
+    teacher.add_argument("--teacher", metavar="CKPT",
+                         help="teacher checkpoint: a directory with model.safetensors and "
+                              "config.yaml, or a .safetensors file with config.yaml beside it")
+    teacher.add_argument("--teacher-preset", default="small", metavar="NAME",
+                         help="without --teacher: train a teacher of this TransformerConfig "
+                              "preset first (default: %(default)s)")
+    parser.add_argument("--teacher-steps", type=int, default=1000, metavar="N",
+                        help="training steps for a teacher trained here (default: %(default)s)")
+    parser.add_argument("--student-preset", default="tiny", metavar="NAME",
+                        help="TransformerConfig preset of the student (default: %(default)s)")
+    parser.add_argument("--student-d-model", type=int, metavar="C",
+                        help="override the student's width d_model")
+    parser.add_argument("--student-layers", type=int, metavar="L",
+                        help="override the student's number of layers")
+    parser.add_argument("--corpus", default="default", metavar="NAME_OR_FILE",
+                        help="'default' (shipped corpus) or a text/JSONL file (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1000, metavar="N",
+                        help="distillation steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="B",
+                        help="sequences per step (default: %(default)s)")
+    parser.add_argument("--seq-len", type=int, default=128, metavar="T",
+                        help="tokens per sequence (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=3e-3,
+                        help="peak learning rate, teacher and student (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=2.0, metavar="T",
+                        help="distillation temperature > 0 (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="weight of the distillation term in [0, 1]; the rest goes to "
+                             "next-token cross entropy (default: %(default)s)")
+    parser.add_argument("--eval-batches", type=int, default=16, metavar="N",
+                        help="validation batches scored at the end (default: %(default)s)")
+    parser.add_argument("--out", default="distill-out", metavar="DIR",
+                        help="output directory (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="where to train (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="random seed (default: %(default)s)")
+
+
+def _error(message: str) -> int:
+    print(f"blocklab distill: error: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    for name in ("steps", "teacher_steps", "batch_size", "seq_len", "eval_batches"):
+        if getattr(args, name) < 1:
+            return f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+    if not args.temperature > 0:
+        return f"--temperature must be > 0, got {args.temperature}"
+    if not 0.0 <= args.alpha <= 1.0:
+        return f"--alpha must be in [0, 1], got {args.alpha}"
+    if not args.lr > 0:
+        return f"--lr must be > 0, got {args.lr}"
+    return None
+
+
+def save_model(model: Any, directory: Path) -> Path:
+    """``model.safetensors`` (``save_file(model.state_dict())``) and ``config.yaml``."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # one tensor, stored once (safetensors forbids aliases)
+    save_file(state, str(directory / WEIGHTS))
+    model.config.to_yaml(directory / CONFIG)
+    return directory
+
+
+def load_model(path: str | Path) -> Any:
+    """A TransformerLM from a directory (or a .safetensors file) written by :func:`save_model`."""
+    from safetensors.torch import load_file
+
+    from blocklab.models import TransformerConfig, TransformerLM
+
+    path = Path(path).expanduser()
+    weights, config = (path / WEIGHTS, path / CONFIG) if path.is_dir() else \
+        (path, path.with_name(CONFIG))
+    for f in (weights, config):
+        if not f.is_file():
+            raise ValueError(f"checkpoint {str(path)!r}: {f} not found")
+    model = TransformerLM(TransformerConfig.from_yaml(config))
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    allowed = {"lm_head.weight"} if model.config.tie_embeddings else set()
+    if set(missing) - allowed or unexpected:
+        raise ValueError(f"checkpoint {str(path)!r} does not match its config: missing "
+                         f"{sorted(set(missing) - allowed)}, unexpected {sorted(unexpected)}")
+    return model
+
+
+def _run(args: argparse.Namespace) -> int:
+    problem = _check_args(args)
+    if problem:
+        return _error(problem)
+
+    import json
+    import math
+    import time
+
+    import torch
+
+    from blocklab.data import corpus_tokens
+    from blocklab.models import TransformerConfig, TransformerLM
+    from blocklab.train import evaluate_lm, train_lm
+    from blocklab.train.distill import distill_lm
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _error("--device cuda was requested but CUDA is not available")
+    try:
+        train, val = corpus_tokens(args.corpus)
+    except (ValueError, TypeError) as err:
+        return _error(str(err))
+    overrides: dict[str, int] = {}
+    if args.student_d_model is not None:
+        overrides["d_model"] = args.student_d_model
+    if args.student_layers is not None:
+        overrides["n_layers"] = args.student_layers
+    try:
+        s_config = TransformerConfig.from_name(args.student_preset, **overrides)
+    except (ValueError, TypeError) as err:
+        return _error(str(err))
+    out = Path(args.out)
+    log = {"corpus": str(args.corpus), "train_tokens": train.numel(), "val_tokens": val.numel()}
+
+    start = time.perf_counter()
+    if args.teacher:
+        try:
+            teacher = load_model(args.teacher)
+        except (ValueError, TypeError) as err:
+            return _error(str(err))
+        log["teacher_source"] = str(args.teacher)
+    else:
+        try:
+            config = TransformerConfig.from_name(args.teacher_preset)
+        except (ValueError, TypeError) as err:
+            return _error(str(err))
+        torch.manual_seed(args.seed)
+        teacher = TransformerLM(config)
+        print(f"training teacher ({config.name}, {teacher.num_parameters():,} parameters) "
+              f"for {args.teacher_steps} steps")
+        train_lm(teacher, train, steps=args.teacher_steps, batch_size=args.batch_size,
+                 seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device)
+        save_model(teacher, out / "teacher")
+        log["teacher_source"] = f"preset {config.name}, {args.teacher_steps} steps"
+    log["teacher_seconds"] = time.perf_counter() - start
+
+    if s_config.vocab_size != teacher.config.vocab_size:
+        return _error(f"student vocab_size ({s_config.vocab_size}) must equal the teacher's "
+                      f"({teacher.config.vocab_size})")
+    if args.seq_len > min(s_config.max_seq_len, teacher.config.max_seq_len):
+        return _error(f"--seq-len ({args.seq_len}) exceeds a model's max_seq_len")
+    torch.manual_seed(args.seed + 1)
+    student = TransformerLM(s_config)
+    print(f"distilling into student ({s_config.name}, {student.num_parameters():,} parameters) "
+          f"for {args.steps} steps, T={args.temperature:g}, alpha={args.alpha:g}")
+    history = distill_lm(student, teacher, train, steps=args.steps, batch_size=args.batch_size,
+                         seq_len=args.seq_len, lr=args.lr, alpha=args.alpha,
+                         temperature=args.temperature, seed=args.seed, device=args.device)
+    save_model(student, out)
+
+    scores = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        loss = evaluate_lm(model, val, batch_size=args.batch_size, seq_len=args.seq_len,
+                           max_batches=args.eval_batches, device=args.device)
+        scores[name] = loss
+        log[f"{name}_val_loss"] = loss
+        log[f"{name}_val_ppl"] = math.exp(loss)
+        log[f"{name}_parameters"] = model.num_parameters()
+    log.update(student_seconds=history.seconds, steps=args.steps,
+               temperature=args.temperature, alpha=args.alpha,
+               final_distill_loss=history.final_loss)
+    (out / "metrics.json").write_text(json.dumps(log, indent=2) + "\n")
+    ratio = log["teacher_parameters"] / log["student_parameters"]
+    print(f"teacher: val loss {scores['teacher']:.3f} (ppl {math.exp(scores['teacher']):.2f}), "
+          f"{log['teacher_parameters']:,} parameters")
+    print(f"student: val loss {scores['student']:.3f} (ppl {math.exp(scores['student']):.2f}), "
+          f"{log['student_parameters']:,} parameters ({ratio:.1f}x fewer)")
+    print(f"student saved to {out / WEIGHTS} and {out / CONFIG}")
+    return 0
+
+
+COMMAND = Command(
+    name="distill",
+    help="distil a TransformerLM teacher into a smaller student",
+    description=(
+        "Knowledge distillation for language models (Hinton et al. 2015): train a "
+        "student on alpha * T^2 KL(teacher/T || student/T) + (1 - alpha) * CE on a "
+        "corpus. Loads the teacher from --teacher, or trains one from --teacher-preset "
+        "first. Writes the student (model.safetensors, config.yaml) and metrics.json "
+        "to --out."
+    ),
+    add_arguments=_add_arguments,
+    run=_run,
+)
