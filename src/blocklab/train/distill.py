@@ -33,7 +33,13 @@ from torch import Tensor, nn
 
 from blocklab.data.text import random_batches
 from blocklab.losses.distill import Direction, DistillationLoss
-from blocklab.train.loop import TrainHistory, cosine_lr, evaluate_classifier, evaluate_lm
+from blocklab.train.loop import (
+    TrainHistory,
+    adamw,
+    cosine_lr,
+    evaluate_classifier,
+    evaluate_lm,
+)
 
 __all__ = [
     "check_unchanged",
@@ -112,19 +118,6 @@ def teacher_logits(teacher: nn.Module, x: Tensor, *, batch_size: int = 1024,
 
 # ------------------------------------------------------------------------------ loop
 
-def _adamw(model: nn.Module, lr: float, weight_decay: float,
-           betas: tuple[float, float]) -> torch.optim.AdamW:
-    # As in blocklab.train.loop: decay matrices only, not biases or norm gains.
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("student has no trainable parameters")
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
-
-
 def _check(student: nn.Module, teacher: nn.Module, steps: int, batch_size: int, lr: float,
            warmup: int, grad_clip: float | None, eval_every: int | None) -> None:
     for name, m in (("student", student), ("teacher", teacher)):
@@ -177,7 +170,7 @@ def _distill(
     teacher.to(device)
     teacher.eval()
     before = fingerprint(teacher)
-    optimizer = _adamw(student, lr, weight_decay, betas)
+    optimizer = adamw(student, lr, weight_decay, betas)
     generator = torch.Generator().manual_seed(seed)
     history = TrainHistory()
 

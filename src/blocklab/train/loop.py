@@ -86,7 +86,7 @@ def cosine_lr(step: int, *, steps: int, lr: float, warmup: int,
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float,
-           betas: tuple[float, float]) -> torch.optim.AdamW:
+          betas: tuple[float, float]) -> torch.optim.AdamW:
     # Decay matrices (linear and embedding weights) only; biases and norm gains are
     # offsets and scales, and shrinking them towards 0 only hurts (nanoGPT, GPT-2).
     params = [p for p in model.parameters() if p.requires_grad]
