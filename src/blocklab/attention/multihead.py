@@ -105,13 +105,18 @@ class Attention(nn.Module):
             raise ValueError(f"x must be (B, T, C={self.d_model}), got {tuple(x.shape)}")
         B, T, _ = x.shape
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split((H * D, H_kv * D, H_kv * D), dim=-1)
+        qkv = self.wqkv(x)  # (B, T, (H + 2 H_kv) D)
+        # Slices, not split(): RoPE may rotate q and k in place, which autograd allows on
+        # plain views of the projection but not on the outputs of a multi-output split.
+        q = qkv[..., : H * D]
+        k = qkv[..., H * D : (H + H_kv) * D]
+        v = qkv[..., (H + H_kv) * D :]
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
         start = cache.length if cache is not None else 0
         if self.rope is not None:
-            q, k = self.rope(q, k, position_ids, offset=start)
+            q, k = self.rope(q, k, position_ids, offset=start, inplace=True)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, start + T, D)
         S = k.shape[2]

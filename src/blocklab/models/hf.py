@@ -41,19 +41,74 @@ def _rope_settings(hf_config: Any) -> tuple[float, dict[str, Any] | None]:
 
 
 def _scaling_from_hf(params: dict[str, Any], max_pos: int) -> RopeScaling:
+    """Our RopeScaling for Hugging Face rope parameters (transformers 5 ``rope_parameters``
+    or transformers 4 ``rope_scaling``)."""
     kind = params.get("rope_type", params.get("type"))
     original = int(params.get("original_max_position_embeddings") or max_pos)
+    factor = params.get("factor")
     if kind == "linear":
-        return RopeScaling("linear", float(params["factor"]), original)
+        return RopeScaling("linear", float(factor), original)
+    if kind == "dynamic":
+        # Hugging Face's dynamic NTK takes the original length from max_position_embeddings.
+        return RopeScaling("dynamic_ntk", float(factor), max_pos)
+    if kind == "yarn":
+        if factor is None:  # DeepSeek-style configs: the ratio of the two lengths
+            factor = max_pos / original
+        optional = {key: float(params[key]) for key in ("attention_factor", "mscale",
+                                                        "mscale_all_dim")
+                    if params.get(key) is not None}
+        return RopeScaling(
+            "yarn",
+            float(factor),
+            original,
+            beta_fast=float(params.get("beta_fast") or 32.0),
+            beta_slow=float(params.get("beta_slow") or 1.0),
+            truncate=bool(params.get("truncate", True)),
+            **optional,
+        )
     if kind == "llama3":
         return RopeScaling(
             "llama3",
-            float(params["factor"]),
+            float(factor),
             original,
             low_freq_factor=float(params.get("low_freq_factor", 1.0)),
             high_freq_factor=float(params.get("high_freq_factor", 4.0)),
         )
-    raise ValueError(f"rope scaling type {kind!r} is not supported (supported: linear, llama3)")
+    raise ValueError(
+        f"rope scaling type {kind!r} is not supported (supported: linear, dynamic, yarn, llama3)"
+    )
+
+
+def _rope_to_hf(config: TransformerConfig) -> tuple[dict[str, Any], int]:
+    """(Hugging Face rope parameters, max_position_embeddings) for our rotary settings.
+
+    ntk has no Hugging Face type of its own: it is the default rope with the scaled base.
+    dynamic reads its original length from max_position_embeddings."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_base}
+    max_pos = config.max_seq_len
+    s = config.rope_scaling
+    if s is None:
+        return rope, max_pos
+    d = config.rotary_dim
+    if s.kind == "ntk":
+        rope["rope_theta"] = config.rope_base * s.factor ** (d / (d - 2))
+    elif s.kind == "dynamic_ntk":
+        rope.update(rope_type="dynamic", factor=s.factor)
+        max_pos = s.original_max_seq_len
+    elif s.kind == "linear":
+        rope.update(rope_type="linear", factor=s.factor)
+    elif s.kind == "yarn":
+        rope.update(rope_type="yarn", factor=s.factor,
+                    original_max_position_embeddings=s.original_max_seq_len,
+                    beta_fast=s.beta_fast, beta_slow=s.beta_slow, truncate=s.truncate)
+        for key in ("attention_factor", "mscale", "mscale_all_dim"):
+            if getattr(s, key) is not None:
+                rope[key] = getattr(s, key)
+    else:  # llama3
+        rope.update(rope_type="llama3", factor=s.factor,
+                    original_max_position_embeddings=s.original_max_seq_len,
+                    low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor)
+    return rope, max_pos
 
 
 def config_from_hf(hf_config: Any) -> TransformerConfig:
@@ -156,14 +211,16 @@ def _hf_config(config: TransformerConfig, family: str) -> Any:
             f"position={config.position!r}, norm={config.norm!r}, activation={config.activation!r}"
         )
     if config.rope_interleaved:
-        raise ValueError("Hugging Face Llama-family models use the half-split rotary layout")
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_base}
-    if config.rope_scaling is not None:
-        s = config.rope_scaling
-        rope.update(rope_type=s.kind, factor=s.factor,
-                    original_max_position_embeddings=s.original_max_seq_len)
-        if s.kind == "llama3":
-            rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor)
+        raise ValueError(
+            "Hugging Face Llama-family models use the half-split rotary layout; convert the "
+            "q/k rows with blocklab.position.permute_qk_weights(..., to='half') first"
+        )
+    if config.rotary_dim != config.dim_head:
+        raise ValueError(
+            f"Hugging Face Llama-family models rotate the whole head: rope_dim "
+            f"({config.rotary_dim}) must equal head_dim ({config.dim_head})"
+        )
+    rope, max_pos = _rope_to_hf(config)
     common: dict[str, Any] = dict(
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
@@ -173,16 +230,16 @@ def _hf_config(config: TransformerConfig, family: str) -> Any:
         num_key_value_heads=config.kv_heads,
         head_dim=config.dim_head,
         hidden_act=_GLU_TO_ACT[config.activation],
-        max_position_embeddings=config.max_seq_len,
+        max_position_embeddings=max_pos,
         rms_norm_eps=config.norm_eps,
         tie_word_embeddings=config.tie_embeddings,
-        rope_theta=config.rope_base,
+        rope_theta=rope["rope_theta"],
     )
     if int(transformers.__version__.split(".")[0]) >= 5:
         common.pop("rope_theta")
         common["rope_parameters"] = rope
-    elif config.rope_scaling is not None:
-        common["rope_scaling"] = rope
+    elif rope["rope_type"] != "default":
+        common["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     if family == "qwen2":
         if not (config.qkv_bias and not config.out_bias and not config.ffn_bias):
             raise ValueError("Qwen2 has q/k/v biases only; this config's biases differ")

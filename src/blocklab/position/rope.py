@@ -1,66 +1,110 @@
 """Rotary positional embedding, RoPE (Su et al. 2021, RoFormer).
 
-Each pair of features (x_i, x_{i + d/2}) (half-split layout, GPT-NeoX / Hugging Face
-Llama) or (x_{2i}, x_{2i+1}) (interleaved layout, GPT-J / Meta Llama) of a query or
-key at position m is rotated by the angle m * theta_i, theta_i = base^(-2i/d):
+Each pair of features of a query or key at position m is rotated by the angle
+m * theta_i, theta_i = base^(-2i/d):
 
-    [x_i', x_j'] = [x_i cos(m theta_i) - x_j sin(m theta_i),
-                    x_j cos(m theta_i) + x_i sin(m theta_i)]
+    [x_a', x_b'] = [x_a cos(m theta_i) - x_b sin(m theta_i),
+                    x_b cos(m theta_i) + x_a sin(m theta_i)]
 
-so that <R_m q, R_n k> = q^T R_(n-m) k depends on the positions only through m - n.
+with (a, b) = (i, i + d/2) in the half-split layout (GPT-NeoX, Hugging Face Llama)
+or (2i, 2i + 1) in the interleaved layout (GPT-J, Meta Llama), so that
+<R_m q, R_n k> = q^T R_(n-m) k depends on the positions only through m - n.
+``permute_qk_weights`` moves q/k projection rows between the two layouts.
 
-Angles are computed in float64 from integer positions and the cos/sin tables are
-used in float32 (float64 for fp64 inputs), whatever the input dtype: low-precision positions or angles
-corrupt far positions (transformers PR#29285). Checked against the fp64 oracle in
-``tests/reference/rope.py`` and Hugging Face's ``apply_rotary_pos_emb``.
+Precision: positions are integers and angles are computed in float64 (exact for
+positions < 2^53), cos and sin are rounded once to float32 (float64 for fp64 inputs)
+and the rotation runs in float32 whatever the input dtype, rounded once to it. At
+position 10^6 with base 5e5 the rotation is right to about 1e-6, where float32
+angles (Hugging Face) are off by ~0.09 (transformers PR#29285).
+
+Speed: on CPU the rotation runs in blocks small enough to stay in cache, spread over
+``torch.get_num_threads()`` threads; the interleaved layout is one complex multiply.
+``inplace=True`` rotates q and k in their own storage (autograd: the backward is the
+inverse rotation, R^T = R(-theta)). Under ``torch.compile`` the plain formula is
+traced instead (Inductor fuses it) and nothing is cached.
+
+Checked against the fp64 oracle in ``tests/reference/rope.py`` and Hugging Face's
+``apply_rotary_pos_emb`` / ``ROPE_INIT_FUNCTIONS``.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
 import torch
 from torch import nn
 
-__all__ = ["RotaryEmbedding", "apply_rotary", "rope_angles", "inverse_frequencies"]
+from blocklab.position.scaling import RopeScaling
 
+__all__ = [
+    "RotaryEmbedding",
+    "apply_rotary",
+    "rope_angles",
+    "inverse_frequencies",
+    "rotary_cos_sin",
+    "permute_qk_weights",
+]
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+# cos, sin and, for the interleaved layout, cos + i sin (one complex multiply rotates)
+_Tables = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+
+# ------------------------------------------------------------------ frequencies and angles
 
 def inverse_frequencies(dim: int, base: float = 10000.0) -> torch.Tensor:
     """theta_i = base^(-2i/dim) for i < dim/2, in float64, shape (dim/2,)."""
-    if dim <= 0 or dim % 2:
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
         raise ValueError(f"rotary dim ({dim}) must be a positive even number")
-    if base <= 1.0:
+    if not base > 1.0:
         raise ValueError(f"rotary base ({base}) must be > 1")
     return base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
 
 
 def rope_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Angles m * theta_i in float64: positions (...,) -> (..., dim/2)."""
-    return positions.to(torch.float64).unsqueeze(-1) * inv_freq.to(torch.float64)
+    return positions.to(torch.float64).unsqueeze(-1) * inv_freq.to(
+        device=positions.device, dtype=torch.float64
+    )
 
 
-def apply_rotary(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, interleaved: bool = False
+def rotary_cos_sin(
+    positions: torch.Tensor,
+    inv_freq: torch.Tensor,
+    *,
+    attention_factor: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles (float64) times the attention factor, rounded once to
+    ``dtype``: positions (...,) -> two (..., dim/2) tensors on the positions' device."""
+    device = positions.device
+    if device.type == "mps":  # no float64 there: compute on the CPU, then move
+        positions = positions.cpu()
+    ang = rope_angles(positions, inv_freq)
+    cos, sin = ang.cos(), ang.sin()
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------ the rotation, reference
+
+def _rotate_reference(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
 ) -> torch.Tensor:
-    """Rotate the first ``2 * cos.shape[-1]`` features of x; the rest pass through.
+    """The textbook formula with plain differentiable ops: a new tensor, x's dtype.
 
-    Args:
-        x: (B, H, T, D).
-        cos, sin: (T, dim/2) or (B, 1, T, dim/2), float32 (or float64).
-        interleaved: pairs (2i, 2i+1) instead of (i, i + dim/2).
-
-    Returns:
-        A new tensor, x's shape and dtype.
-    """
+    Used under ``torch.compile`` (Inductor fuses it into one kernel)."""
     half = cos.shape[-1]
     rot = 2 * half
-    if rot > x.shape[-1]:
-        raise ValueError(f"rotary dim ({rot}) is larger than the head dim ({x.shape[-1]})")
-    # Compute in at least fp32: bf16/fp16 inputs are rotated in fp32 and rounded once.
     work = torch.promote_types(x.dtype, cos.dtype)
     xr = x[..., :rot].to(work)
-    if interleaved:
-        x1, x2 = xr[..., 0::2], xr[..., 1::2]
-    else:
-        x1, x2 = xr[..., :half], xr[..., half:]
+    x1, x2 = (xr[..., 0::2], xr[..., 1::2]) if interleaved else (xr[..., :half], xr[..., half:])
     c, s = cos.to(work), sin.to(work)
     r1 = x1 * c - x2 * s
     r2 = x2 * c + x1 * s
@@ -74,6 +118,328 @@ def apply_rotary(
     return torch.cat((rotated, x[..., rot:]), dim=-1)
 
 
+# ------------------------------------------------------------------ the rotation, fast kernels
+#
+# Each block is rotated by a few elementwise ops (one complex multiply when the
+# layout is interleaved); blocks hold at most _GRAIN elements, which is PyTorch's
+# intra-op grain, so each op runs on the thread that calls it and the block stays in
+# cache between ops. Blocks are shared out to a pool of threads (torch ops release
+# the GIL): no barrier per op, which matters on a busy machine.
+
+_GRAIN = 32768
+_CHUNK_MIN_NUMEL = 1 << 18  # below this, a handful of whole-tensor ops is cheaper
+
+_POOL_LOCK = threading.Lock()
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The module's worker pool, rebuilt after a fork (its threads do not survive one)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < workers:
+            _POOL = (os.getpid(), workers,
+                     ThreadPoolExecutor(workers, thread_name_prefix="blocklab-rope"))
+        return _POOL[2]
+
+
+def _parallel(fn: Callable[..., None], items: Sequence[tuple]) -> None:
+    """fn(*item) for every item, on the calling thread and up to
+    ``torch.get_num_threads() - 1`` pool threads.
+
+    Items are handed out one at a time from a shared counter, so a thread the OS
+    schedules late (a busy machine) simply finds less work left instead of holding
+    everyone up at the end."""
+    n = min(torch.get_num_threads(), len(items))
+    if n <= 1:
+        for item in items:
+            fn(*item)
+        return
+    inference = torch.is_inference_mode_enabled()
+    counter = itertools.count()  # next() is atomic under the GIL
+
+    def work() -> None:
+        # Grad and inference modes are thread-local: mirror the caller's.
+        with torch.inference_mode(inference), torch.no_grad():
+            for i in counter:
+                if i >= len(items):
+                    return
+                fn(*items[i])
+
+    futures = [_pool(n - 1).submit(work) for _ in range(n - 1)]
+    try:
+        work()
+    finally:
+        for f in futures:
+            f.result()
+
+
+def _as_complex(x: torch.Tensor) -> torch.Tensor | None:
+    """(..., 2h) real -> (..., h) complex view of adjacent pairs, or None if not viewable."""
+    if x.dtype not in (torch.float32, torch.float64):
+        return None
+    try:
+        return torch.view_as_complex(x.unflatten(-1, (-1, 2)))
+    except RuntimeError:  # strides or offset not pair-aligned
+        return None
+
+
+def _halves(x: torch.Tensor, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if interleaved:
+        return x[..., 0::2], x[..., 1::2]
+    half = x.shape[-1] // 2
+    return x[..., :half], x[..., half:]
+
+
+def _rotate_block(
+    x: torch.Tensor,
+    out: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    z: torch.Tensor | None,
+    interleaved: bool,
+) -> None:
+    """Rotate one block: out = R x, or x in place when out is None.
+
+    x, out: (..., D); cos, sin: (..., h) broadcastable, the working dtype; z: cos + i sin
+    or None. The first 2h features are rotated, the rest copied.
+    """
+    rot = 2 * cos.shape[-1]
+    full = rot == x.shape[-1]
+    if out is not None and not full:
+        out[..., rot:].copy_(x[..., rot:])
+    xr = x if full else x[..., :rot]
+    orr = xr if out is None else out if full else out[..., :rot]
+    if xr.dtype != cos.dtype:  # bf16/fp16: rotate an fp32 copy, round once
+        w = xr.to(cos.dtype)
+        _rotate_block(w, None, cos, sin, z, interleaved)
+        orr.copy_(w)
+        return
+    if interleaved and z is not None:
+        zx, zo = _as_complex(xr), _as_complex(orr)
+        if zx is not None and zo is not None:
+            if out is None:
+                zx.mul_(z)
+            else:
+                torch.mul(zx, z, out=zo)
+            return
+    x1, x2 = _halves(xr, interleaved)
+    if out is None:
+        t = x1 * sin
+        x1.mul_(cos).addcmul_(x2, sin, value=-1)  # x1 c - x2 s
+        torch.addcmul(t, x2, cos, out=x2)  # x2 c + x1 s, one pass
+    else:
+        o1, o2 = _halves(orr, interleaved)
+        torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
+        torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+
+
+def _rotate(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    interleaved: bool,
+    out: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """R x into ``out`` (a new contiguous tensor when given) or x in place; no autograd.
+
+    x: (B, H, T, D); cos, sin: (T, h) or (B or 1, 1, T, h), the working dtype; z:
+    cos + i sin, for the interleaved layout (computed when None)."""
+    x = x.detach()
+    if interleaved and z is None and cos.dtype in (torch.float32, torch.float64):
+        z = torch.complex(cos, sin)
+    # One complex multiply is a single pass already: blocks would only add overhead.
+    one_pass = (z is not None and x.dtype == cos.dtype and 2 * cos.shape[-1] == x.shape[-1]
+                and _as_complex(x) is not None and (out is None or _as_complex(out) is not None))
+    if one_pass or x.device.type != "cpu" or x.numel() < _CHUNK_MIN_NUMEL or x.dim() != 4:
+        _rotate_block(x, out, cos, sin, z, interleaved)
+        return x if out is None else out
+    B, H, T, D = x.shape
+    width = 2 * cos.shape[-1] if x.dtype != cos.dtype else cos.shape[-1]
+    rows = max(1, _GRAIN // (H * width))
+    spans = [(t0, min(T, t0 + rows)) for t0 in range(0, T, rows)]
+    # Views made once, not per block: per-block Python work is the overhead here.
+    xs, outs = x.unbind(0), (None,) * B if out is None else out.unbind(0)  # (H, T, D) each
+    if cos.dim() == 2:  # the same table rows for every batch row
+        shared = [(cos[t0:t1], sin[t0:t1], None if z is None else z[t0:t1]) for t0, t1 in spans]
+        tables = [shared] * B
+    else:  # per-row positions: (B or 1, 1, T, h)
+        tables = [[(cos[r, :, t0:t1], sin[r, :, t0:t1], None if z is None else z[r, :, t0:t1])
+                   for t0, t1 in spans] for r in (range(B) if cos.shape[0] > 1 else [0] * B)]
+
+    def block(b: int, i: int) -> None:
+        t0, t1 = spans[i]
+        ob = outs[b]
+        _rotate_block(xs[b][:, t0:t1], None if ob is None else ob[:, t0:t1], *tables[b][i],
+                      interleaved)  # (H, rows, D)
+
+    _parallel(block, [(b, i) for b in range(B) for i in range(len(spans))])
+    return x if out is None else out
+
+
+class _Rotate(torch.autograd.Function):
+    """y = R x into a new tensor; dx = R^T dy, the rotation by -theta."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, z, interleaved):  # type: ignore[override]
+        ctx.save_for_backward(cos, sin)
+        ctx.interleaved = interleaved
+        return _rotate(x, cos, sin, interleaved, z=z,
+                       out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        return _Rotate.apply(grad, cos, -sin, None, ctx.interleaved), None, None, None, None
+
+
+class _RotateInplace(torch.autograd.Function):
+    """x <- R x in x's storage (marked dirty, so autograd tracks it); dx = R^T dy."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, z, interleaved):  # type: ignore[override]
+        _rotate(x, cos, sin, interleaved, z=z)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(cos, sin)
+        ctx.interleaved = interleaved
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        return _Rotate.apply(grad, cos, -sin, None, ctx.interleaved), None, None, None, None
+
+
+def _can_mark_dirty(x: torch.Tensor) -> bool:
+    """Whether autograd can track an in-place change of x: not for outputs of
+    ``split``/``chunk``/``unbind`` or views made under no_grad."""
+    if not x._is_view():
+        return True
+    get_meta = getattr(torch._C._autograd, "_get_creation_meta", None)
+    if get_meta is None:
+        return False
+    return get_meta(x) == torch._C._autograd.CreationMeta.DEFAULT
+
+
+def apply_rotary(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    interleaved: bool = False,
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Rotate the first ``2 * cos.shape[-1]`` features of x; the rest pass through.
+
+    Args:
+        x: (B, H, T, D).
+        cos, sin: (T, dim/2) or (B, 1, T, dim/2), float32 (float64 for fp64 work); the
+            rotation runs in the wider of their dtype and x's.
+        interleaved: pairs (2i, 2i+1) instead of (i, i + dim/2).
+        inplace: rotate x in its own storage and return it; with autograd, out of
+            place for views autograd cannot track (see ``RotaryEmbedding.forward``).
+
+    Returns:
+        R x, x's shape and dtype: a new contiguous tensor, or x itself when ``inplace``.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a (B, H, T, D) tensor, got {getattr(x, 'shape', x)!r}")
+    if cos.shape != sin.shape or cos.dim() not in (2, 4):
+        raise ValueError(
+            f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must both be (T, dim/2) "
+            "or (B, 1, T, dim/2)"
+        )
+    rot = 2 * cos.shape[-1]
+    if rot > x.shape[-1]:
+        raise ValueError(f"rotary dim ({rot}) is larger than the head dim ({x.shape[-1]})")
+    if cos.shape[-2] != x.shape[-2] or (cos.dim() == 4 and cos.shape[0] not in (1, x.shape[0])):
+        raise ValueError(
+            f"cos/sin {tuple(cos.shape)} do not match x {tuple(x.shape)} in T or B"
+        )
+    if torch.compiler.is_compiling():
+        # Traced functionally: Inductor fuses the formula, and the result is a new tensor.
+        return _rotate_reference(x, cos, sin, interleaved)
+    return _apply(x, cos, sin, None, interleaved, inplace)
+
+
+def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, z: torch.Tensor | None,
+           interleaved: bool, inplace: bool) -> torch.Tensor:
+    """apply_rotary after validation, eager; z: cos + i sin if the caller has it cached."""
+    work = torch.promote_types(x.dtype, cos.dtype)
+    if cos.dtype != work or cos.device != x.device:
+        cos, sin = cos.to(device=x.device, dtype=work), sin.to(device=x.device, dtype=work)
+        z = None
+    needs_grad = torch.is_grad_enabled() and x.requires_grad
+    if inplace:
+        if not needs_grad:
+            _rotate(x, cos, sin, interleaved, z=z)
+            return x
+        if x.is_leaf:
+            raise ValueError(
+                "inplace=True cannot rotate a leaf tensor that requires grad; "
+                "pass a computed tensor (e.g. a projection) or use inplace=False"
+            )
+        if _can_mark_dirty(x):
+            return _RotateInplace.apply(x, cos, sin, z, interleaved)
+        # An untracked write could corrupt a tensor some op saved for its backward,
+        # and a tracked one is forbidden: rotate out of place.
+        return _Rotate.apply(x, cos, sin, z, interleaved)
+    if needs_grad:
+        return _Rotate.apply(x, cos, sin, z, interleaved)
+    return _rotate(x, cos, sin, interleaved, z=z,
+                   out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
+# ------------------------------------------------------------------ layout conversion
+
+def permute_qk_weights(
+    w: torch.Tensor,
+    n_heads: int,
+    head_dim: int,
+    *,
+    to: Literal["interleaved", "half"],
+    rotary_dim: int | None = None,
+) -> torch.Tensor:
+    """Reorder q or k projection rows between the two rotary layouts.
+
+    A checkpoint trained with interleaved pairs (Meta Llama, GPT-J) gives the same
+    attention scores in a half-split model (Hugging Face Llama, GPT-NeoX) once each
+    head's rows (2i, 2i+1) are moved to (i, i + dim/2) -- Hugging Face's
+    ``convert_llama_weights_to_hf`` permute -- and back with ``to="interleaved"``.
+
+    Args:
+        w: weight (n_heads * head_dim, in_features) or bias (n_heads * head_dim,).
+        n_heads, head_dim: H (or H_kv for k) and D.
+        to: the layout of the result.
+        rotary_dim: rotated features per head (default head_dim); the rest keep
+            their place.
+
+    Returns:
+        A new tensor, w's shape.
+    """
+    if to not in ("interleaved", "half"):
+        raise ValueError(f"to ({to!r}) must be 'interleaved' or 'half'")
+    rot = head_dim if rotary_dim is None else rotary_dim
+    if rot <= 0 or rot % 2 or rot > head_dim:
+        raise ValueError(f"rotary_dim ({rot}) must be even, positive and <= head_dim ({head_dim})")
+    if w.dim() not in (1, 2) or w.shape[0] != n_heads * head_dim:
+        raise ValueError(
+            f"w must have n_heads * head_dim = {n_heads * head_dim} rows, got {tuple(w.shape)}"
+        )
+    rest = tuple(w.shape[1:])
+    v = w.reshape(n_heads, head_dim, *rest)
+    r = v[:, :rot]
+    if to == "half":  # row 2i + c -> row c * rot/2 + i
+        r = r.reshape(n_heads, rot // 2, 2, *rest).transpose(1, 2)
+    else:  # row c * rot/2 + i -> row 2i + c
+        r = r.reshape(n_heads, 2, rot // 2, *rest).transpose(1, 2)
+    r = r.reshape(n_heads, rot, *rest)
+    return torch.cat((r, v[:, rot:]), dim=1).reshape(w.shape)
+
+
+# ------------------------------------------------------------------ the module
+
 class RotaryEmbedding(nn.Module):
     """RoPE applied to queries and keys.
 
@@ -83,7 +449,21 @@ class RotaryEmbedding(nn.Module):
         base: the frequency base (``rope_theta``).
         interleaved: Meta / GPT-J pair layout instead of the half split.
         scaling: a context-extension rule (see ``RopeScaling``), or None.
-        max_seq_len: size of the precomputed cos/sin table; it grows on demand.
+        max_seq_len: rows of the cos/sin table built on first use; it grows on demand
+            (doubling, up to max(max_seq_len, 65536) rows), and positions past that
+            are computed directly.
+
+    The cos/sin tables are plain attributes, not buffers: ``model.to(bfloat16)`` must
+    not round them. Tables are kept per device and dtype (float32, float64 for fp64
+    inputs).
+
+    dynamic_ntk recomputes the frequencies from the current length l = largest
+    position + 1 (offset + T when decoding with a cache) on every call, as a pure
+    function of l -- what Hugging Face's "dynamic" gives a fresh module. Keys already
+    in a KV cache keep the rotation they were written with, exactly as in Hugging Face
+    (transformers#25104): scores between new queries and old keys then mix two
+    frequency sets. Hugging Face also keeps the largest l seen across calls; this
+    module does not (it has no state to go stale).
     """
 
     def __init__(
@@ -92,40 +472,110 @@ class RotaryEmbedding(nn.Module):
         *,
         base: float = 10000.0,
         interleaved: bool = False,
-        scaling: object | None = None,
+        scaling: RopeScaling | None = None,
         max_seq_len: int = 2048,
     ) -> None:
         super().__init__()
         if not isinstance(dim, int) or isinstance(dim, bool):
             raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-        if max_seq_len <= 0:
-            raise ValueError(f"max_seq_len ({max_seq_len}) must be positive")
-        self.dim = dim
-        self.base = float(base)
-        self.interleaved = interleaved
-        self.scaling = scaling
-        self.max_seq_len = max_seq_len
+        if not isinstance(max_seq_len, int) or max_seq_len <= 0:
+            raise ValueError(f"max_seq_len ({max_seq_len!r}) must be a positive int")
+        if scaling is not None and not isinstance(scaling, RopeScaling):
+            raise TypeError(f"scaling must be a RopeScaling or None, got {type(scaling).__name__}")
         self.inv_freq64 = inverse_frequencies(dim, base)
         self.attention_factor = 1.0
         if scaling is not None:
             self.inv_freq64, self.attention_factor = scaling.inverse_frequencies(dim, base)
-        self._cos: torch.Tensor | None = None
-        self._sin: torch.Tensor | None = None
+        self.dim = dim
+        self.base = float(base)
+        self.interleaved = bool(interleaved)
+        self.scaling = scaling
+        self.max_seq_len = max_seq_len
+        self._rows_limit = max(max_seq_len, 1 << 16)
+        self._rows = max_seq_len
+        self._tables: dict[tuple[torch.device, torch.dtype], _Tables] = {}
 
-    def _table(
-        self, length: int, device: torch.device, dtype: torch.dtype = torch.float32
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin tables of at least ``length`` rows: float32, or float64 for fp64 inputs."""
-        cos = self._cos
-        if cos is None or cos.shape[0] < length or cos.device != device:
-            size = max(length, self.max_seq_len)
-            ang = rope_angles(torch.arange(size), self.inv_freq64)  # (size, dim/2) fp64
-            self._cos64 = (ang.cos() * self.attention_factor).to(device)
-            self._sin64 = (ang.sin() * self.attention_factor).to(device)
-            self._cos, self._sin = self._cos64.float(), self._sin64.float()
-        if dtype == torch.float64:
-            return self._cos64, self._sin64
-        return self._cos, self._sin
+    # -- cos/sin ------------------------------------------------------------------
+    def _table(self, rows: int, device: torch.device, dtype: torch.dtype) -> _Tables:
+        """cos, sin (and cos + i sin if interleaved) of at least ``rows`` rows."""
+        if rows > self._rows:
+            self._rows = min(max(rows, 2 * self._rows), self._rows_limit)
+            self._tables.clear()
+        key = (device, dtype)
+        if key not in self._tables:
+            # Normal tensors even when first built under inference_mode: a later
+            # training step saves slices of them for backward.
+            with torch.inference_mode(False):
+                cos, sin = rotary_cos_sin(torch.arange(self._rows), self.inv_freq64,
+                                          attention_factor=self.attention_factor, dtype=dtype)
+                cos, sin = cos.to(device), sin.to(device)
+                z = torch.complex(cos, sin) if self.interleaved else None
+            self._tables[key] = (cos, sin, z)
+        return self._tables[key]
+
+    def _direct(self, positions: torch.Tensor, dtype: torch.dtype,
+                length: int | torch.Tensor | None = None) -> _Tables:
+        inv_freq = self.inv_freq64
+        if self.scaling is not None and self.scaling.is_dynamic:
+            inv_freq = self.scaling.inverse_frequencies(self.dim, self.base, seq_len=length)[0]
+        cos, sin = rotary_cos_sin(positions, inv_freq, attention_factor=self.attention_factor,
+                                  dtype=dtype)
+        return cos, sin, None
+
+    def _check_positions(self, position_ids: torch.Tensor, T: int, batch: int | None) -> None:
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dtype not in _INT_DTYPES:
+            got = position_ids.dtype if isinstance(position_ids, torch.Tensor) else type(
+                position_ids).__name__
+            raise TypeError(f"position_ids must be an integer tensor of shape (T,) or (B, T), "
+                            f"got {got}")
+        shape = tuple(position_ids.shape)
+        ok = position_ids.dim() in (1, 2) and shape[-1] == T
+        if ok and position_ids.dim() == 2 and batch is not None:
+            ok = shape[0] in (1, batch)
+        if not ok:
+            raise ValueError(
+                f"position_ids must have shape (T,) or (B, T) with T = {T}"
+                + (f", B = {batch}" if batch is not None else "") + f", got {shape}"
+            )
+
+    def _cos_sin_z(
+        self,
+        position_ids: torch.Tensor | None,
+        T: int,
+        device: torch.device,
+        offset: int,
+        dtype: torch.dtype,
+        batch: int | None,
+    ) -> _Tables:
+        device = torch.device(device)
+        dynamic = self.scaling is not None and self.scaling.is_dynamic
+        original = self.scaling.original_max_seq_len if self.scaling is not None else 0
+        if position_ids is None:
+            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+                raise ValueError(f"offset ({offset!r}) must be an int >= 0")
+            length = offset + T
+            fits = length <= self._rows_limit and not (dynamic and length > original)
+            if fits and not torch.compiler.is_compiling():
+                cos, sin, z = self._table(length, device, dtype)
+                return (cos[offset:length], sin[offset:length],
+                        None if z is None else z[offset:length])
+            return self._direct(torch.arange(offset, length, device=device), dtype, length)
+        self._check_positions(position_ids, T, batch)
+        pid = position_ids.to(device=device, dtype=torch.long)
+        if torch.compiler.is_compiling() or device.type != "cpu":
+            # No host sync: compute from the positions (dynamic's length as a tensor).
+            cos, sin, z = self._direct(pid, dtype, pid.max() + 1 if dynamic else None)
+        else:
+            lo, hi = (int(v) for v in torch.aminmax(pid)) if pid.numel() else (0, 0)
+            if lo >= 0 and hi < self._rows_limit and not (dynamic and hi + 1 > original):
+                cos, sin, z = self._table(hi + 1, device, dtype)
+                # (T, dim/2) or (B, T, dim/2)
+                cos, sin, z = cos[pid], sin[pid], None if z is None else z[pid]
+            else:
+                cos, sin, z = self._direct(pid, dtype, hi + 1)
+        if pid.dim() == 2:  # (B, 1, T, dim/2)
+            cos, sin, z = cos.unsqueeze(1), sin.unsqueeze(1), None if z is None else z.unsqueeze(1)
+        return cos, sin, z
 
     def cos_sin(
         self,
@@ -134,37 +584,23 @@ class RotaryEmbedding(nn.Module):
         device: torch.device,
         offset: int = 0,
         dtype: torch.dtype = torch.float32,
+        *,
+        batch: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for positions: (T, dim/2) when position_ids is None (positions
-        offset..offset+T-1) or (T,), (B, 1, T, dim/2) for per-row (B, T) positions."""
-        if position_ids is None:
-            if offset < 0:
-                raise ValueError(f"offset ({offset}) must be >= 0")
-            cos, sin = self._table(offset + T, device, dtype)
-            return cos[offset : offset + T], sin[offset : offset + T]
-        if not isinstance(position_ids, torch.Tensor) or position_ids.dtype.is_floating_point:
-            raise TypeError("position_ids must be an integer tensor of shape (T,) or (B, T)")
-        if position_ids.dim() not in (1, 2) or position_ids.shape[-1] != T:
-            raise ValueError(
-                f"position_ids must have shape (T,) or (B, T) with T = {T}, "
-                f"got {tuple(position_ids.shape)}"
-            )
-        if position_ids.numel() and int(position_ids.min()) < 0:
-            raise ValueError(f"position_ids must be >= 0, got min {int(position_ids.min())}")
-        top = int(position_ids.max()) + 1 if position_ids.numel() else 1
-        cos, sin = self._table(top, device, dtype)
-        pid = position_ids.to(device)
-        cos, sin = cos[pid], sin[pid]  # (T, dim/2) or (B, T, dim/2)
-        if pid.dim() == 2:
-            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, dim/2)
+        """cos, sin (attention factor included) for the positions: (T, dim/2) for
+        positions offset..offset+T-1 or (T,) position_ids, (B, 1, T, dim/2) for per-row
+        (B, T) position_ids. Any integer position is allowed, negative or far."""
+        cos, sin, _ = self._cos_sin_z(position_ids, T, device, offset, dtype, batch)
         return cos, sin
 
+    # -- forward ----------------------------------------------------------------------
     def forward(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         *,
+        inplace: bool = False,
         offset: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q and k.
@@ -172,25 +608,40 @@ class RotaryEmbedding(nn.Module):
         Args:
             q: (B, H, T, D).
             k: (B, H_kv, T, D).
-            position_ids: None (positions offset..offset+T-1), (T,) or (B, T) integers.
+            position_ids: None (positions offset..offset+T-1), (T,) or (B, T) integers
+                (packed sequences, left padding, per-row offsets).
+            inplace: rotate q and k in their own storage and return them. With
+                autograd the change is tracked (mark_dirty) and the backward is the
+                inverse rotation; leaves requiring grad are refused, and views whose
+                in-place change autograd forbids (outputs of ``split``/``chunk``, as
+                Attention's q and k while training) are rotated out of place. Without
+                autograd (inference, no_grad) it is always in place. Under
+                ``torch.compile`` the rotation is traced out of place.
             offset: first position when position_ids is None (decoding with a cache).
 
         Returns:
             (q, k) rotated, same shapes and dtypes.
         """
-        if q.dim() != 4 or k.dim() != 4:
-            raise ValueError(
-                f"q and k must be (B, H, T, D), got {tuple(q.shape)} and {tuple(k.shape)}"
-            )
-        if q.shape[-2] != k.shape[-2] or q.shape[-1] != k.shape[-1]:
-            raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in T or D")
+        for name, t in (("q", q), ("k", k)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4:
+                raise ValueError(f"{name} must be a (B, H, T, D) tensor, got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
+        if q.shape[0] != k.shape[0] or q.shape[-2:] != k.shape[-2:]:
+            raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in B, T or D")
         if self.dim > q.shape[-1]:
             raise ValueError(f"rotary dim ({self.dim}) is larger than the head dim ({q.shape[-1]})")
-        cos, sin = self.cos_sin(position_ids, q.shape[-2], q.device, offset, q.dtype)
-        return (
-            apply_rotary(q, cos, sin, interleaved=self.interleaved),
-            apply_rotary(k, cos, sin, interleaved=self.interleaved),
-        )
+        if inplace and not torch.compiler.is_compiling() and q.data_ptr() == k.data_ptr():
+            raise ValueError("inplace=True needs q and k in separate storage (got the same tensor)")
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        cos, sin, z = self._cos_sin_z(position_ids, q.shape[-2], q.device, offset, dtype,
+                                      q.shape[0])
+        if torch.compiler.is_compiling():
+            # Traced functionally: Inductor fuses the formula; nothing is cached.
+            return (_rotate_reference(q, cos, sin, self.interleaved),
+                    _rotate_reference(k, cos, sin, self.interleaved))
+        return (_apply(q, cos, sin, z, self.interleaved, inplace),
+                _apply(k, cos, sin, z, self.interleaved, inplace))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, base={self.base}, interleaved={self.interleaved}"
+        extra = f", scaling={self.scaling.kind}x{self.scaling.factor:g}" if self.scaling else ""
+        return f"dim={self.dim}, base={self.base:g}, interleaved={self.interleaved}{extra}"
