@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.harness import BenchResult, Case, machine_limits, time_fn
+from benchmarks.harness import BenchResult, Case, machine_limits, time_interleaved
 from blocklab.models import TransformerLM
 
 NAME = "generate"
@@ -96,8 +96,8 @@ def run(quick: bool = False) -> BenchResult:
                 f"batch {batch}: generated tokens differ from Hugging Face "
                 f"(shapes {tuple(got.shape)} vs {tuple(want.shape)}, first mismatch {where})"
             )
-        t_ours = time_fn(run_ours, warmup=1, repeats=repeats)
-        t_peer = time_fn(run_peer, warmup=1, repeats=repeats)
+        t = time_interleaved({"ours": run_ours, "peer": run_peer}, warmup=1, repeats=repeats)
+        t_ours, t_peer = t["ours"], t["peer"]
         work = batch * new_tokens
         # Mean context over the decode steps: prompt plus half the new tokens.
         step_bytes = bytes_per_step(ours, batch, prompt_len + new_tokens / 2)
@@ -120,7 +120,11 @@ def run(quick: bool = False) -> BenchResult:
                     params=ours.num_parameters()),
         cases=cases,
         limits=limits,
-        notes=["tokens checked identical to the peer's before timing"],
+        notes=[
+            "tokens checked identical to the peer's before timing",
+            "copy bandwidth is measured on a tensor larger than most caches; weights that "
+            "stay in the last-level cache between steps can be read faster (> 100%)",
+        ],
     )
 
 

@@ -1,7 +1,8 @@
 """The one benchmark harness: timing, machine limits, result records, tables.
 
-Every benchmark times its cases with :func:`time_fn` (warm-up, then medians), sets
-them beside the peer implementation and beside the machine's own limits, measured
+Every benchmark times its cases with :func:`time_fn` (warm-up, then medians), or
+with :func:`time_interleaved` when ours and the peer should share the machine's
+load alike (a, b, a, b, ...), sets them beside the peer implementation and beside the machine's own limits, measured
 in the same process by :func:`machine_limits`:
 
     copy bandwidth  = bytes read + written / s   (a large fp32 tensor copied into another)
@@ -23,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import torch
 __all__ = [
     "Timing",
     "time_fn",
+    "time_interleaved",
     "Limits",
     "machine_limits",
     "machine_info",
@@ -49,12 +51,19 @@ DEFAULT_OUT = Path("bench-results")
 # Timing ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Timing:
-    """Seconds per call: median and the 10th/90th percentiles over n timed calls."""
+    """Seconds per call: median and the 10th/90th percentiles over n timed calls.
+
+    ``cpu_s`` is the median process CPU time per call. With one torch thread it
+    leaves out the time other processes held the core, so it stays comparable on a
+    shared machine where wall time does not (with more threads it also counts the
+    threads' spin-waiting).
+    """
 
     median_s: float
     p10_s: float
     p90_s: float
     n: int
+    cpu_s: float | None = None
 
 
 def _quantile(sorted_values: Sequence[float], q: float) -> float:
@@ -63,6 +72,52 @@ def _quantile(sorted_values: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _timing(wall: list[float], cpu: list[float]) -> Timing:
+    wall = sorted(wall)
+    return Timing(
+        median_s=_quantile(wall, 0.5),
+        p10_s=_quantile(wall, 0.1),
+        p90_s=_quantile(wall, 0.9),
+        n=len(wall),
+        cpu_s=_quantile(sorted(cpu), 0.5),
+    )
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    min_time: float = 0.0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:
+    """Time several callables round-robin (a, b, a, b, ...): ``warmup`` untimed
+    rounds, then at least ``repeats`` timed rounds, more while any callable's total is
+    under ``min_time`` seconds. Interleaving makes a drifting machine load (other
+    processes, frequency changes) fall on every contestant alike.
+
+    ``clock`` is replaceable so tests can drive a fake one.
+    """
+    if warmup < 0:
+        raise ValueError(f"warmup ({warmup}) must be >= 0")
+    if repeats < 1:
+        raise ValueError(f"repeats ({repeats}) must be >= 1")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    rounds = 0
+    while rounds < repeats or min(sum(s) for s in wall.values()) < min_time:
+        for name, fn in fns.items():
+            start, start_cpu = clock(), time.process_time()
+            fn()
+            wall[name].append(clock() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+        rounds += 1
+    return {name: _timing(wall[name], cpu[name]) for name in fns}
 
 
 def time_fn(
@@ -74,28 +129,10 @@ def time_fn(
     clock: Callable[[], float] = time.perf_counter,
 ) -> Timing:
     """Time ``fn()``: ``warmup`` untimed calls, then at least ``repeats`` timed calls,
-    more while their total is under ``min_time`` seconds.
-
-    ``clock`` is replaceable so tests can drive a fake one.
-    """
-    if warmup < 0:
-        raise ValueError(f"warmup ({warmup}) must be >= 0")
-    if repeats < 1:
-        raise ValueError(f"repeats ({repeats}) must be >= 1")
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
-    while len(samples) < repeats or sum(samples) < min_time:
-        start = clock()
-        fn()
-        samples.append(clock() - start)
-    samples.sort()
-    return Timing(
-        median_s=_quantile(samples, 0.5),
-        p10_s=_quantile(samples, 0.1),
-        p90_s=_quantile(samples, 0.9),
-        n=len(samples),
-    )
+    more while their total is under ``min_time`` seconds."""
+    return time_interleaved(
+        {"fn": fn}, warmup=warmup, repeats=repeats, min_time=min_time, clock=clock
+    )["fn"]
 
 
 # Machine limits and description ----------------------------------------------------
@@ -110,7 +147,7 @@ class Limits:
     threads: int  # torch threads at measurement time
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def machine_limits(
     *, copy_mib: int = 256, matmul_n: int = 2048, repeats: int = 5, warmup: int = 1
 ) -> Limits:
@@ -155,6 +192,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # Other processes share the cores: a load above the core count skews timings.
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
@@ -199,6 +238,13 @@ class Case:
         """Speed-up of ours over the peer (> 1: ours is faster)."""
         return None if self.peer is None else self.peer.median_s / self.ours.median_s
 
+    @property
+    def cpu_ratio(self) -> float | None:
+        """The same speed-up in process CPU time (see ``Timing.cpu_s``)."""
+        if self.peer is None or not self.peer.cpu_s or not self.ours.cpu_s:
+            return None
+        return self.peer.cpu_s / self.ours.cpu_s
+
 
 @dataclass
 class BenchResult:
@@ -217,7 +263,8 @@ class BenchResult:
         cases = []
         for c in self.cases:
             d = dataclasses.asdict(c)
-            d.update(ours_rate=c.ours_rate, peer_rate=c.peer_rate, ratio=c.ratio)
+            d.update(ours_rate=c.ours_rate, peer_rate=c.peer_rate, ratio=c.ratio,
+                     cpu_ratio=c.cpu_ratio)
             cases.append(d)
         return {
             "name": self.name,
@@ -228,6 +275,7 @@ class BenchResult:
             "limits": dataclasses.asdict(self.limits),
             "cases": cases,
             "ratios": {c.name: c.ratio for c in self.cases},
+            "cpu_ratios": {c.name: c.cpu_ratio for c in self.cases},
             "limit_fractions": {c.name: c.limit_frac for c in self.cases},
             "notes": self.notes,
         }
@@ -263,12 +311,13 @@ def _row(case: Case) -> list[str]:
         _rate(case.ours_rate),
         _rate(case.peer_rate),
         "-" if case.ratio is None else f"{case.ratio:.2f}x",
+        "-" if case.cpu_ratio is None else f"{case.cpu_ratio:.2f}x",
         "-" if case.limit_frac is None else f"{100 * case.limit_frac:.1f}%",
         f"±{100 * (case.ours.p90_s - case.ours.p10_s) / (2 * case.ours.median_s):.0f}%",
     ]
 
 
-_HEADERS = ["case", "ours", "peer", "ratio", "% limit", "spread"]
+_HEADERS = ["case", "ours", "peer", "ratio", "cpu ratio", "% limit", "spread"]
 
 
 def print_result(result: BenchResult, file=None) -> None:
@@ -277,7 +326,8 @@ def print_result(result: BenchResult, file=None) -> None:
     print(f"\n== {result.name}: blocklab vs {result.peer} ({result.dtype}) ==", file=file)
     print(format_table(_HEADERS, [_row(c) for c in result.cases]), file=file)
     units = sorted({c.unit for c in result.cases})
-    print(f"rates in {', '.join(units)} (median); spread = half the p10-p90 range", file=file)
+    print(f"rates in {', '.join(units)} (median wall time); cpu ratio: the same in process "
+          "CPU time; spread: half ours' p10-p90 range", file=file)
     for note in dict.fromkeys(c.limit_note for c in result.cases if c.limit_note):
         print(f"% limit: {note}", file=file)
     for note in result.notes:
@@ -297,3 +347,7 @@ def print_summary(results: Sequence[BenchResult], file=None) -> None:
             f"{lim.matmul_gflops:.0f} GFLOP/s ({lim.threads} threads)",
             file=file,
         )
+    busy = [r.name for r in results if r.machine.get("loadavg_1m", 0) > (r.machine["cores"] or 1)]
+    if busy:
+        print(f"warning: load average above the core count during {busy}: "
+              "other processes shared the CPU and skewed these timings", file=file)
