@@ -32,15 +32,15 @@ SHAPES = dict(
 QUICK_SHAPES = dict(SHAPES, num_hidden_layers=2, vocab_size=4096)
 
 
-def make_step(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, logits_of):
-    """A closure running one optimizer step of ``model`` on a fixed batch."""
+def make_step(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, loss_of):
+    """A closure running one optimizer step of ``model`` on a fixed batch;
+    ``loss_of(input_ids, targets)`` is each library's idiomatic training loss."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        logits = logits_of(input_ids)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        loss = loss_of(input_ids, targets)
         loss.backward()
         opt.step()
         return loss.item()
@@ -72,8 +72,13 @@ def run(quick: bool = False) -> BenchResult:
     if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
         raise AssertionError(f"losses differ before training: ours {a.item()}, peer {b.item()}")
 
-    step_ours = make_step(ours, input_ids, targets, ours)
-    step_peer = make_step(peer, input_ids, targets, lambda x: peer(x).logits)
+    # Ours: the LM head fused with the loss (forward(..., targets=)); the peer: logits,
+    # then cross entropy, as Hugging Face's own loss does.
+    step_ours = make_step(ours, input_ids, targets, lambda x, y: ours(x, targets=y))
+    step_peer = make_step(
+        peer, input_ids, targets,
+        lambda x, y: F.cross_entropy(peer(x).logits.flatten(0, 1), y.flatten()),
+    )
     flops = count_flops(step_ours)
     flops_peer = count_flops(step_peer)
     t = time_interleaved({"ours": step_ours, "peer": step_peer}, warmup=1, repeats=repeats)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["RMSNorm", "LayerNorm", "make_norm"]
@@ -27,6 +28,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., C) -> (..., C), same dtype."""
         dtype = x.dtype
+        if dtype == self.weight.dtype and dtype in (torch.float32, torch.float64):
+            # torch's fused kernel: the same numbers, one pass instead of five.
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.to(torch.promote_types(dtype, torch.float32))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)

@@ -27,6 +27,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+# enable_gqa arrived in torch 2.5; before it, grouped causal attention takes the
+# folded path with an explicit mask.
+_HAS_ENABLE_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
 __all__ = [
     "scaled_dot_product_attention",
     "attention_weights",
@@ -160,12 +164,15 @@ def scaled_dot_product_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     G = H // H_kv
-    attn_mask = None
-    is_causal = False
-    if causal and mask is None and T == S:
-        is_causal = True  # torch's own causal flag: its kernels skip the masked half
-    else:
-        attn_mask = _merge_masks(mask, causal, B, H, T, S, q.dtype, q.device)
+    if mask is None and (not causal or T == 1 <= S):
+        # Nothing to hide (one decoding query sees every cached key): no mask at all.
+        return _sdpa_grouped(q, k, v, None, scale)
+    if mask is None and T == S and (G == 1 or _HAS_ENABLE_GQA):
+        # torch's own causal flag: its kernels skip the masked half, and with enable_gqa
+        # read each K/V head for its whole group without copying it.
+        extra = {"enable_gqa": True} if G > 1 else {}
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **extra)
+    attn_mask = _merge_masks(mask, causal, B, H, T, S, q.dtype, q.device)
 
     dead = None
     if attn_mask is not None and (mask is not None or T > S):
@@ -177,25 +184,34 @@ def scaled_dot_product_attention(
         else:
             attn_mask = attn_mask.masked_fill(dead, 0.0)
 
-    if G == 1:
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale
-        )
-    else:
-        # Fold each group's G query heads into the query-length axis so every K/V head
-        # is read once and never copied: (B, H, T, D) -> (B, H_kv, G * T, D).
-        qg = q.reshape(B, H_kv, G * T, D)
-        gmask = attn_mask
-        if is_causal:
-            gmask = causal_mask(T, S, device=q.device)
-        if gmask is not None:
-            gmask = gmask.expand(B, H, T, S).reshape(B, H_kv, G * T, S)
-        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=gmask, scale=scale)
-        out = out.reshape(B, H, T, v.shape[-1])  # (B, H, T, D_v)
-
+    out = _sdpa_grouped(q, k, v, attn_mask, scale)
     if dead is not None:
         out = out.masked_fill(dead, 0.0)
     return out
+
+
+def _sdpa_grouped(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """torch SDPA over grouped heads, K/V never copied.
+
+    Each group's G query heads are folded into the query-length axis,
+    (B, H, T, D) -> (B, H_kv, G * T, D), so every K/V head is read once.
+    """
+    B, H, T, D = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    G = H // H_kv
+    if G == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    qg = q.reshape(B, H_kv, G * T, D)
+    if attn_mask is not None:
+        attn_mask = attn_mask.expand(B, H, T, S).reshape(B, H_kv, G * T, S)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=attn_mask, scale=scale)
+    return out.reshape(B, H, T, v.shape[-1])  # (B, H, T, D_v)
 
 
 def attention_weights(

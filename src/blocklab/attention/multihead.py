@@ -105,18 +105,15 @@ class Attention(nn.Module):
             raise ValueError(f"x must be (B, T, C={self.d_model}), got {tuple(x.shape)}")
         B, T, _ = x.shape
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.wqkv(x)  # (B, T, (H + 2 H_kv) D)
-        # Slices, not split(): RoPE may rotate q and k in place, which autograd allows on
-        # plain views of the projection but not on the outputs of a multi-output split.
-        q = qkv[..., : H * D]
-        k = qkv[..., H * D : (H + H_kv) * D]
-        v = qkv[..., (H + H_kv) * D :]
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, H_kv, D).transpose(1, 2)  # (B, H_kv, T, D)
+        qkv = self.wqkv(x).view(B, T, H + 2 * H_kv, D)  # query, key, value heads
+        qk = qkv[:, :, : H + H_kv].transpose(1, 2)  # (B, H + H_kv, T, D)
+        v = qkv[:, :, H + H_kv :].transpose(1, 2)  # (B, H_kv, T, D)
         start = cache.length if cache is not None else 0
         if self.rope is not None:
-            q, k = self.rope(q, k, position_ids, offset=start, inplace=True)
+            # Queries and keys rotate together, in place: one pass over fresh projections.
+            # (Slicing, not split(): autograd allows in-place changes to plain views.)
+            qk = self.rope.rotate(qk, position_ids, offset=start, inplace=True)
+        q, k = qk[:, :H], qk[:, H:]  # (B, H, T, D), (B, H_kv, T, D)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, start + T, D)
         S = k.shape[2]

@@ -104,10 +104,10 @@ def generate(
     try:
         for n in range(max_new_tokens):
             pm = None if padding_mask is None else padding_mask[:, : cache.length + tokens.shape[1]]
-            logits = model(tokens, position_ids=position_ids, padding_mask=pm, cache=cache)
+            h = model.hidden_states(tokens, position_ids=position_ids, padding_mask=pm, cache=cache)
+            logits = model.lm_head(h[:, -1])  # (B, V): the prompt's other positions need none
             nxt = sample_next(
-                logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
-                generator=generator,
+                logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
             )
             if eos_token_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)

@@ -149,6 +149,7 @@ class TransformerLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Args:
             input_ids: (B, T) token ids.
@@ -156,10 +157,36 @@ class TransformerLM(nn.Module):
             padding_mask: (B, S) bool, True for real tokens, over all S = cache + T
                 positions (left-padded batches).
             cache: a KVCache from :meth:`make_cache`; it is filled and advanced.
+            targets: (B, T) next-token ids (``-100`` ignored). When given, the LM head
+                and the cross entropy run fused in row chunks and the (B*T, V) logits
+                are never formed (``losses.linear_cross_entropy``). It is an argument
+                of ``forward`` so DDP/FSDP wrappers see the whole computation.
 
         Returns:
-            logits (B, T, V).
+            logits (B, T, V); with ``targets``, the scalar mean cross entropy instead.
         """
+        h = self.hidden_states(
+            input_ids, position_ids=position_ids, padding_mask=padding_mask, cache=cache
+        )
+        if targets is None:
+            return self.lm_head(h)
+        from blocklab.losses.linear_ce import linear_cross_entropy
+
+        return linear_cross_entropy(h, self.lm_head.weight, targets)
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross entropy, fused with the LM head: ``self(x, targets=y)``."""
+        return self(input_ids, targets=targets)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final normalised hidden states (B, T, C): :meth:`forward` before the LM head."""
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (
             torch.long, torch.int32, torch.int64,
         ):
@@ -192,7 +219,7 @@ class TransformerLM(nn.Module):
             h = layer(h, mask=mask, position_ids=position_ids, cache=cache)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.norm(h))  # (B, T, V)
+        return self.norm(h)  # (B, T, C)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:

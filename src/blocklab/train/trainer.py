@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from blocklab.data.text import corpus_tokens, random_batches
 from blocklab.models.transformer import TransformerLM
@@ -205,8 +204,7 @@ def _train(
             ys = y[i * micro : (i + 1) * micro].to(world.device)
             sync = i == config.grad_accum - 1 or not hasattr(wrapped, "no_sync")
             with autocast, (contextlib.nullcontext() if sync else wrapped.no_sync()):
-                logits = forward(xs)  # (b, T, V)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), ys.flatten())
+                loss = forward(xs, targets=ys)  # fused LM head + cross entropy
                 (loss / config.grad_accum).backward()
             loss_sum += loss.detach() / config.grad_accum
         torch.nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
