@@ -61,6 +61,9 @@ def _add_lab_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to run the experiments (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, metavar="N",
                         help="random seed set before each experiment (default: %(default)s)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads per experiment (default: 1 at quick scale on "
+                             "CPU, torch's default otherwise)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress output, only the final summary")
     parser.add_argument("--list", action="store_true",
@@ -100,7 +103,8 @@ def _run_lab(args: argparse.Namespace) -> int:
             return _error("lab", f"unknown experiment id {experiment_id!r}; known ids: "
                                  f"{', '.join(registry.known_ids())}")
     result = run_lab(args.ids or None, quick=args.quick, out_dir=args.out,
-                     device=args.device, seed=args.seed, progress=not args.quiet)
+                     device=args.device, seed=args.seed, progress=not args.quiet,
+                     threads=args.threads)
     if not result.records:
         print("no experiment is implemented yet; nothing was run")
     for record in result.records:

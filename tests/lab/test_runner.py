@@ -39,8 +39,9 @@ def _fail(ctx: Context) -> Outcome:
 
 def _random(ctx: Context) -> Outcome:
     value = torch.rand(1).item()
-    return Outcome(metrics={"value": value, "device": ctx.device}, verdict="partly",
-                   evidence="random draw")
+    return Outcome(metrics={"value": value, "device": ctx.device,
+                            "threads": torch.get_num_threads()},
+                   verdict="partly", evidence="random draw")
 
 
 FAKES = {
@@ -186,3 +187,14 @@ def test_report_formatting() -> None:
     assert _format(None) == "—"
     long = _format([float(i) for i in range(100)])
     assert long.startswith("[0, 1, 2") and "…" in long and long.endswith("(n=100)")
+
+
+def test_threads_set_around_each_experiment_and_restored(tmp_path):
+    before = torch.get_num_threads()
+    quick = run_lab(["fake_random"], out_dir=tmp_path / "q", progress=False)
+    assert quick.records[0]["metrics"]["threads"] == 1  # quick CPU default
+    two = run_lab(["fake_random"], out_dir=tmp_path / "t", progress=False, threads=2)
+    assert two.records[0]["metrics"]["threads"] == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match=r"threads \(0\) must be >= 1"):
+        run_lab(["fake_random"], out_dir=tmp_path / "z", progress=False, threads=0)

@@ -8,6 +8,7 @@ rule written in the experiment itself -- never a constant.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ class Context:
         out_dir: the report directory; figures go to ``out_dir / "figures"``.
         progress: wraps an iterable with a progress display (tqdm on a terminal,
             plain lines otherwise); call it as ``ctx.progress(it, "desc", total=n)``.
+        threads: torch intra-op threads the runner sets around ``run`` (None: leave
+            torch's default). The lab's models are small: on CPU one thread wastes no
+            time spinning, and timings do not depend on the core count.
     """
 
     quick: bool = True
@@ -43,6 +47,7 @@ class Context:
     seed: int = 0
     out_dir: Path = Path("lab-report")
     progress: Callable[..., Iterable[Any]] = _no_progress
+    threads: int | None = None
 
     @property
     def figures_dir(self) -> Path:
@@ -85,3 +90,15 @@ class Experiment:
     title: str
     claim: str
     run: Callable[[Context], Outcome]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` torch intra-op threads (None: unchanged), then restore."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -30,7 +30,7 @@ import torch
 
 import blocklab
 from blocklab.lab import experiments as registry
-from blocklab.lab.base import Context, Experiment, Outcome
+from blocklab.lab.base import Context, Experiment, Outcome, torch_threads
 from blocklab.lab.report import write_html
 
 T = TypeVar("T")
@@ -148,7 +148,7 @@ def _line_progress(prefix: str) -> Callable[..., Iterator[Any]]:
     def progress(items: Iterable[T], desc: str = "", total: int | None = None) -> Iterator[T]:
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
-        label = f"{prefix}: {desc}".rstrip()
+        label = _label(prefix, desc)
         count, last_decile = 0, 0
         for item in items:
             yield item
@@ -169,10 +169,15 @@ def _tqdm_progress(prefix: str) -> Callable[..., Iterator[Any]]:
     from tqdm.auto import tqdm
 
     def progress(items: Iterable[T], desc: str = "", total: int | None = None) -> Iterator[T]:
-        yield from tqdm(items, desc=f"{prefix}: {desc}".rstrip(), total=total,
+        yield from tqdm(items, desc=_label(prefix, desc), total=total,
                         file=sys.stderr, leave=False, dynamic_ncols=True)
 
     return progress
+
+
+def _label(prefix: str, desc: str) -> str:
+    """``id: desc``, without doubling an id the experiment already wrote."""
+    return desc if desc.startswith(f"{prefix}:") else f"{prefix}: {desc}".rstrip()
 
 
 def _progress_for(experiment_id: str) -> Callable[..., Iterable[Any]]:
@@ -210,7 +215,8 @@ def _run_one(experiment_id: str, ctx: Context, show: bool) -> dict[str, Any]:
         experiment: Experiment = registry.load_experiment(experiment_id)
         record.update(card=experiment.card, title=experiment.title, claim=experiment.claim)
         _seed_everything(seed)
-        outcome = experiment.run(ctx)
+        with torch_threads(ctx.threads):
+            outcome = experiment.run(ctx)
         if not isinstance(outcome, Outcome):
             raise TypeError(
                 f"experiment {experiment_id!r} must return an Outcome, "
@@ -252,6 +258,7 @@ def run_lab(
     device: str = "cpu",
     seed: int = 0,
     progress: bool | None = None,
+    threads: int | None = None,
 ) -> LabResult:
     """Run lab experiments and write ``results.json`` and ``index.html`` to ``out_dir``.
 
@@ -267,6 +274,9 @@ def run_lab(
         progress: ``True`` or ``None`` reports progress on stderr (tqdm bars on a
             terminal, plain lines otherwise) and one line per experiment;
             ``False`` is silent.
+        threads: torch threads per experiment; default 1 for the quick scale on CPU
+            (the lab's small models run fastest and time most steadily on one), the
+            torch default otherwise.
 
     Raises:
         ValueError: an id is unknown, or the device is not available.
@@ -280,19 +290,24 @@ def run_lab(
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device ({device!r}) is not available: torch "
                          f"{torch.__version__} sees no CUDA device")
+    if threads is None and quick and torch_device.type == "cpu":
+        threads = 1
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads ({threads}) must be >= 1")
     show = progress is not False
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, Any] = {
-        "environment": environment(device=str(torch_device), quick=quick, seed=seed),
+        "environment": {**environment(device=str(torch_device), quick=quick, seed=seed),
+                        **({"threads": threads} if threads is not None else {})},
         "experiments": [],
     }
     results_path, html_path = _write(results, out)
     for n, experiment_id in enumerate(ids, start=1):
         if show:
             _say(f"[{n}/{len(ids)}] {experiment_id}: running")
-        ctx = Context(quick=quick, device=torch_device, seed=seed, out_dir=out)
+        ctx = Context(quick=quick, device=torch_device, seed=seed, out_dir=out, threads=threads)
         if show:
             ctx.progress = _progress_for(experiment_id)
         results["experiments"].append(_run_one(experiment_id, ctx, show))
