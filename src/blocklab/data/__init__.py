@@ -1,9 +1,17 @@
-"""Offline data: byte tokenizer, the shipped text corpus, user text files, batching.
+"""Offline data: byte tokenizer, the shipped text corpus, user text files, batching,
+labelled documents for classification.
 
 Nothing here touches the network: the default corpus ships inside the package
 and user data is read from plain text or JSONL files.
 """
 
+from blocklab.data.documents import (
+    DocumentSet,
+    jsonl_documents,
+    load_documents,
+    reference_documents,
+    synthetic_documents,
+)
 from blocklab.data.text import (
     SHIPPED_CORPORA,
     TokenDataset,
@@ -24,4 +32,9 @@ __all__ = [
     "load_corpus",
     "random_batches",
     "split_tokens",
+    "DocumentSet",
+    "load_documents",
+    "reference_documents",
+    "synthetic_documents",
+    "jsonl_documents",
 ]
