@@ -27,13 +27,9 @@ Four measurements:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import matplotlib
@@ -54,7 +50,8 @@ from blocklab.attention.dilated import (  # noqa: E402
     pattern_attention,
 )
 from blocklab.data import corpus_tokens, iterate_eval_batches  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
+from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.measure import peak_memory_bytes  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.train import train_lm  # noqa: E402
 
@@ -134,58 +131,6 @@ def scale_for(ctx: Context) -> Scale:
     return SCALES["quick" if ctx.quick else "full"]
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak bytes of tensors allocated while ``fn`` runs, above what was live before:
-    CUDA's allocator peak, or on CPU the running sum of torch's allocation events recorded
-    by the profiler (the process's resident set cannot tell: freed memory is reused).
-    NaN when the profiler gives no events."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - start)
-    with _quiet_stderr(), torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    try:
-        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                        if e.name() == "[memory]")
-    except AttributeError:
-        return math.nan
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return float(peak) if events else math.nan
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence file descriptor 2: some torch builds print profiler start/stop lines there."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 # ------------------------------------------------------------------- (a) pattern figure
 
 def plot_patterns(ctx: Context) -> str:
@@ -254,7 +199,7 @@ def measure_cost(scale: Scale, ctx: Context) -> dict[str, dict[int, float]]:
         res["flops_dilated"][n] = dilated_attention_flops(
             n, n_heads=scale.heads, head_dim=scale.head_dim, **kw)
         times: dict[str, list[float]] = {name: [] for name in fns}
-        with one_thread(), torch.inference_mode():
+        with torch_threads(1), torch.inference_mode():
             for name, fn in fns.items():
                 fn()  # warm-up: one-time allocations stay out of the memory figure
                 res[f"mem_{name}"][n] = peak_memory_bytes(fn, ctx.device)
@@ -357,7 +302,7 @@ def train_pair(scale: Scale, ctx: Context) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for kind in ctx.progress(("dense", "dilated"), "dilated: language model", total=2):
         model = make_lm(scale, kind, seed=ctx.seed)
-        with one_thread():
+        with torch_threads(1):
             history = train_lm(model, train, steps=scale.steps, batch_size=scale.batch,
                                seq_len=scale.seq_len, lr=scale.lr, seed=ctx.seed,
                                device=ctx.device)

@@ -35,7 +35,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib
@@ -48,7 +48,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from blocklab.data import corpus_tokens  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
+from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.train import (  # noqa: E402
     TrainHistory,
@@ -134,16 +134,6 @@ FIGURE_TEMPERATURES = (1.0, 4.0, 20.0)
 
 def scale_for(ctx: Context) -> Scale:
     return SCALES["quick" if ctx.quick else "full"]
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _params(model: nn.Module) -> int:
@@ -442,7 +432,7 @@ def plot_lm(lm: dict, scale: Scale, ctx: Context) -> str:
 
 def run(ctx: Context) -> Outcome:
     scale = scale_for(ctx)
-    with _threads(1) if ctx.device.type == "cpu" else contextlib.nullcontext():
+    with torch_threads(1) if ctx.device.type == "cpu" else contextlib.nullcontext():
         return _run(ctx, scale)
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib
@@ -50,7 +50,7 @@ from sklearn.datasets import load_digits, make_classification  # noqa: E402
 from sklearn.metrics import average_precision_score, balanced_accuracy_score  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
+from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
 from blocklab.losses import (  # noqa: E402
     class_weights,
     focal_loss,
@@ -118,16 +118,6 @@ PAPER_POINTS = ((0.9, 100.0), (0.968, 1000.0))  # Lin et al. 2017, section 3.2
 
 def scale_for(ctx: Context) -> Scale:
     return SCALES["quick" if ctx.quick else "full"]
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------ (a) curves
@@ -480,7 +470,7 @@ def plot_noise(noise: dict[str, dict[float, list[float]]], tail: dict[str, dict[
 
 def run(ctx: Context) -> Outcome:
     scale = scale_for(ctx)
-    with _threads(1) if ctx.device.type == "cpu" else contextlib.nullcontext():
+    with torch_threads(1) if ctx.device.type == "cpu" else contextlib.nullcontext():
         return _run(ctx, scale)
 
 

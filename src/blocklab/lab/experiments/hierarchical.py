@@ -26,14 +26,10 @@ within-segment layers, across-segment layers, back down). Measurements:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import statistics
-import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import matplotlib
@@ -52,7 +48,8 @@ from blocklab.data.documents import (  # noqa: E402
     parse_document,
     synthetic_documents,
 )
-from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
+from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.measure import peak_memory_bytes  # noqa: E402
 from blocklab.models.classifier import (  # noqa: E402
     CLASSIFIER_KINDS,
     DocumentClassifier,
@@ -146,58 +143,6 @@ def scale_for(ctx: Context) -> Scale:
     return SCALES["quick" if ctx.quick else "full"]
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak bytes of tensors allocated while ``fn`` runs, above what was live before:
-    CUDA's allocator peak, or on CPU the running sum of torch's allocation events recorded
-    by the profiler (the process's resident set cannot tell: freed memory is reused).
-    NaN when the profiler gives no events."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return float(torch.cuda.max_memory_allocated(device) - start)
-    with _quiet_stderr(), torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    try:
-        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                        if e.name() == "[memory]")
-    except AttributeError:
-        return math.nan
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return float(peak) if events else math.nan
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence file descriptor 2: some torch builds print profiler start/stop lines there."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 # --------------------------------------------------------------------------- (a) data
 
 def synthetic_set(scale: Scale, seed: int) -> DocumentSet:
@@ -224,7 +169,7 @@ def train_one(kind: str, data: DocumentSet, steps: int, seed: int, scale: Scale,
         model = make_classifier(kind, vocab_size=data.vocab_size, n_classes=data.n_classes,
                                 d_model=scale.d_model, n_heads=scale.n_heads,
                                 n_layers=scale.n_layers)
-    with one_thread():
+    with torch_threads(1):
         history = train_classifier(
             model, data.train_x, data.train_y, steps=steps, batch_size=scale.batch,
             lr=scale.lr, warmup=max(1, steps // 20), seed=ctx.seed * 31 + seed,
@@ -258,7 +203,7 @@ def measure_cost(scale: Scale, ctx: Context) -> dict[str, dict[int, float]]:
             F.cross_entropy(model(x).logits, y).backward()
 
         times: dict[str, list[float]] = {k: [] for k in CLASSIFIER_KINDS}
-        with one_thread():
+        with torch_threads(1):
             for kind, model in models.items():
                 step(model)  # warm-up
                 res[f"mem_{kind}"][S * W] = peak_memory_bytes(lambda m=model: step(m),

@@ -34,13 +34,12 @@ when all four are, "not supported" when none is, "partly" otherwise.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib
@@ -52,7 +51,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from blocklab.data import corpus_tokens  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, Verdict  # noqa: E402
+from blocklab.lab.base import Context, Experiment, Outcome, Verdict, torch_threads  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.sparsity import (  # noqa: E402
     GradualPruner,
@@ -182,16 +181,6 @@ T5_NONZERO = 0.03  # T5-Base MLP activations: 3% non-zero (Li et al. 2023)
 
 def scale_for(ctx: Context) -> Scale:
     return SCALES["quick" if ctx.quick else "full"]
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- data
@@ -649,7 +638,7 @@ def plot_speed(speed: dict[float, dict[str, float]], scale: Scale, ctx: Context)
 
 def run(ctx: Context) -> Outcome:
     scale = scale_for(ctx)
-    with _threads(THREADS):
+    with torch_threads(THREADS):
         return _run(scale, ctx)
 
 
