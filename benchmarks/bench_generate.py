@@ -77,17 +77,18 @@ def run(quick: bool = False) -> BenchResult:
     repeats = 3 if quick else 5
     limits = machine_limits(copy_mib=64 if quick else 256, matmul_n=1024 if quick else 2048)
     cases = []
-    for label, shapes, batch in [("", main_shapes, b) for b in batches] + [("tiny ", TINY_SHAPES, 1)]:
+    runs = [("", main_shapes, b) for b in batches] + [("tiny ", TINY_SHAPES, 1)]
+    for label, shapes, batch in runs:
         ours, peer = make_models(shapes)
         prompt = torch.randint(0, shapes["vocab_size"], (batch, prompt_len))
         mask = torch.ones_like(prompt)
 
         @torch.inference_mode()
-        def run_ours(prompt=prompt):
+        def run_ours(prompt=prompt, ours=ours):
             return ours.generate(prompt, new_tokens, temperature=0.0)
 
         @torch.inference_mode()
-        def run_peer(prompt=prompt, mask=mask):
+        def run_peer(prompt=prompt, mask=mask, peer=peer):
             return peer.generate(
                 prompt, attention_mask=mask, max_new_tokens=new_tokens,
                 do_sample=False,
