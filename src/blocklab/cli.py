@@ -135,6 +135,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "blocklab.cost.cli",
     "blocklab.train.cli",
     "blocklab.train.distill_cli",
+    "blocklab.models.convert_cli",
 )
 
 
