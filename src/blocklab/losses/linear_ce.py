@@ -88,7 +88,7 @@ def linear_cross_entropy(
     weight: torch.Tensor,
     target: torch.Tensor,
     *,
-    chunk_size: int = 256,
+    chunk_size: int = 128,
     ignore_index: int = -100,
 ) -> torch.Tensor:
     """Mean cross entropy of ``hidden @ weight.T`` against ``target``, chunked.
