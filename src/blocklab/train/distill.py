@@ -36,6 +36,7 @@ from blocklab.losses.distill import Direction, DistillationLoss
 from blocklab.train.loop import (
     TrainHistory,
     adamw,
+    check_loop_arguments,
     cosine_lr,
     evaluate_classifier,
     evaluate_lm,
@@ -129,18 +130,7 @@ def _check(student: nn.Module, teacher: nn.Module, steps: int, batch_size: int, 
     if shared:
         raise ValueError(f"student and teacher share {len(shared)} parameter tensor(s); "
                          "the teacher would be trained too")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}")
-    if grad_clip is not None and not grad_clip > 0:
-        raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
-    if eval_every is not None and eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1 or None, got {eval_every}")
+    check_loop_arguments(steps, batch_size, lr, warmup, grad_clip, eval_every)
 
 
 def _distill(

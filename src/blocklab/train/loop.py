@@ -115,7 +115,7 @@ def _model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _check_common(steps: int, batch_size: int, lr: float, warmup: int,
+def check_loop_arguments(steps: int, batch_size: int, lr: float, warmup: int,
                   grad_clip: float | None, eval_every: int | None) -> None:
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -303,7 +303,7 @@ def train_lm(
         got = getattr(train_tokens, "shape", type(train_tokens).__name__)
         raise ValueError(f"train_tokens must be a 1-D tensor, got {got}")
     warmup = min(100, steps // 10) if warmup is None else warmup
-    _check_common(steps, batch_size, lr, warmup, grad_clip, eval_every)
+    check_loop_arguments(steps, batch_size, lr, warmup, grad_clip, eval_every)
     if seq_len < 1 or train_tokens.numel() < seq_len + 1:
         raise ValueError(
             f"train_tokens ({train_tokens.numel()}) must hold at least seq_len + 1 "
@@ -466,7 +466,7 @@ def train_classifier(
         raise ValueError("eval_x and eval_y must be given together")
     if eval_x is not None:
         _check_xy(eval_x, eval_y, "eval_x", "eval_y")  # type: ignore[arg-type]
-    _check_common(steps, batch_size, lr, warmup, grad_clip, eval_every)
+    check_loop_arguments(steps, batch_size, lr, warmup, grad_clip, eval_every)
     device = torch.device(device)
     loss_fn = loss_fn or _default_classifier_loss
     n = x.size(0)
