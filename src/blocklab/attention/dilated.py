@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from blocklab.attention.functional import check_qkv
+from blocklab.attention.multihead import head_layout
 
 __all__ = [
     "dilated_attention",
@@ -516,23 +517,7 @@ class DilatedAttention(nn.Module):
         out_bias: bool | None = None,
     ) -> None:
         super().__init__()
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value <= 0:
-                raise ValueError(f"{name} ({value}) must be positive")
-        if n_heads % n_kv_heads:
-            raise ValueError(f"n_heads ({n_heads}) must be divisible by n_kv_heads ({n_kv_heads})")
-        if head_dim is None:
-            if d_model % n_heads:
-                raise ValueError(
-                    f"d_model ({d_model}) must be divisible by n_heads ({n_heads}) "
-                    "when head_dim is not given"
-                )
-            head_dim = d_model // n_heads
-        if head_dim <= 0:
-            raise ValueError(f"head_dim ({head_dim}) must be positive")
+        n_kv_heads, head_dim = head_layout(d_model, n_heads, n_kv_heads, head_dim)
         self.segment_lengths, self.dilation_rates = check_patterns(segment_lengths, dilation_rates)
         self.d_model = d_model
         self.n_heads = n_heads

@@ -21,7 +21,32 @@ from torch import nn
 from blocklab.attention.functional import causal_mask, scaled_dot_product_attention
 from blocklab.attention.kv_cache import KVCache
 
-__all__ = ["Attention"]
+__all__ = ["Attention", "head_layout"]
+
+
+def head_layout(
+    d_model: int, n_heads: int, n_kv_heads: int | None, head_dim: int | None
+) -> tuple[int, int]:
+    """Checked (H_kv, D) for an attention layer: H_kv defaults to H and must divide
+    it; D defaults to C / H, which must then be whole."""
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} ({value}) must be positive")
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_heads ({n_heads}) must be divisible by n_kv_heads ({n_kv_heads})")
+    if head_dim is None:
+        if d_model % n_heads:
+            raise ValueError(
+                f"d_model ({d_model}) must be divisible by n_heads ({n_heads}) "
+                "when head_dim is not given"
+            )
+        head_dim = d_model // n_heads
+    if head_dim <= 0:
+        raise ValueError(f"head_dim ({head_dim}) must be positive")
+    return n_kv_heads, head_dim
 
 
 class Attention(nn.Module):
@@ -52,23 +77,7 @@ class Attention(nn.Module):
         window: int | None = None,
     ) -> None:
         super().__init__()
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value <= 0:
-                raise ValueError(f"{name} ({value}) must be positive")
-        if n_heads % n_kv_heads:
-            raise ValueError(f"n_heads ({n_heads}) must be divisible by n_kv_heads ({n_kv_heads})")
-        if head_dim is None:
-            if d_model % n_heads:
-                raise ValueError(
-                    f"d_model ({d_model}) must be divisible by n_heads ({n_heads}) "
-                    "when head_dim is not given"
-                )
-            head_dim = d_model // n_heads
-        if head_dim <= 0:
-            raise ValueError(f"head_dim ({head_dim}) must be positive")
+        n_kv_heads, head_dim = head_layout(d_model, n_heads, n_kv_heads, head_dim)
         if window is not None and window <= 0:
             raise ValueError(f"window ({window}) must be positive or None")
         self.d_model = d_model

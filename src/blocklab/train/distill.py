@@ -38,6 +38,7 @@ from blocklab.train.loop import (
     adamw,
     check_loop_arguments,
     cosine_lr,
+    cuda_devices,
     evaluate_classifier,
     evaluate_lm,
 )
@@ -165,14 +166,9 @@ def _distill(
     history = TrainHistory()
 
     def record_eval(step: int) -> None:
-        value, accuracy = evaluate()  # type: ignore[misc]
-        history.eval_steps.append(step)
-        history.eval_losses.append(value)
-        if accuracy is not None:
-            history.eval_accuracies.append(accuracy)
+        history.record_eval(step, *evaluate())  # type: ignore[misc]
 
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    cuda = cuda_devices(device)
     start = time.perf_counter()
     train_seconds = 0.0
     try:

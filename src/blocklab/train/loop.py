@@ -64,6 +64,12 @@ class TrainHistory:
     lrs: list[float] = field(default_factory=list)
     eval_accuracies: list[float] = field(default_factory=list)
 
+    def record_eval(self, step: int, loss: float, accuracy: float | None = None) -> None:
+        self.eval_steps.append(step)
+        self.eval_losses.append(loss)
+        if accuracy is not None:
+            self.eval_accuracies.append(accuracy)
+
     @property
     def final_eval(self) -> float | None:
         """The last evaluation loss, or None when the run did no evaluation."""
@@ -73,6 +79,13 @@ class TrainHistory:
     def final_loss(self) -> float | None:
         """The last training loss, or None when no step ran."""
         return self.losses[-1] if self.losses else None
+
+
+def cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA device indices whose RNG ``torch.random.fork_rng`` must save for ``device``."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
 def cosine_lr(step: int, *, steps: int, lr: float, warmup: int,
@@ -160,14 +173,9 @@ def _run(
     history = TrainHistory()
 
     def record_eval(step: int) -> None:
-        loss, accuracy = evaluate()  # type: ignore[misc]
-        history.eval_steps.append(step)
-        history.eval_losses.append(loss)
-        if accuracy is not None:
-            history.eval_accuracies.append(accuracy)
+        history.record_eval(step, *evaluate())  # type: ignore[misc]
 
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    cuda = cuda_devices(device)
     start = time.perf_counter()
     train_seconds = 0.0
     with torch.random.fork_rng(devices=cuda):
