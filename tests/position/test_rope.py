@@ -35,26 +35,62 @@ def test_matches_oracle(interleaved, dim, inplace):
     assert torch.equal(q_in, rq if inplace else q)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("per_row", [False, True])
-def test_large_tensors_take_the_blocked_path(interleaved, inplace, per_row, monkeypatch):
-    """Large tensors are rotated in blocks over threads (sizes shrunk here so a small
-    tensor makes many blocks); non-contiguous q/k (as from a fused projection) and
-    partial rotary included."""
+def test_large_tensors_take_the_blocked_path(interleaved, inplace, per_row, dtype, monkeypatch):
+    """Large tensors are rotated in cache-sized blocks (sizes shrunk here so a small
+    tensor makes many blocks); non-contiguous q/k (as from a fused projection), partial
+    rotary and bf16 (rotated in fp32 scratch buffers) included."""
     monkeypatch.setattr(rope_module, "_CHUNK_MIN_NUMEL", 1 << 12)
-    monkeypatch.setattr(rope_module, "_GRAIN", 1 << 10)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # the pool, even on one core
+    monkeypatch.setattr(rope_module, "_GRAIN_PER_THREAD", 1 << 10)
     B, H, T, D = 2, 4, 40, 136
-    fused = torch.randn(B, T, 2 * H, D)
+    fused = torch.randn(B, T, 2 * H, D).to(dtype)
     q, k = fused[:, :, :H].transpose(1, 2), fused[:, :, H:].transpose(1, 2)  # (B, H, T, D)
     pos = torch.stack([torch.arange(T), torch.arange(T) + 1000]) if per_row else None
     rope = RotaryEmbedding(128, interleaved=interleaved, max_seq_len=64)
     want = naive_rope(q, pos if per_row else torch.arange(T), dim=128, interleaved=interleaved)
     with torch.no_grad():
-        rq, _ = rope(q, k, pos, inplace=inplace)
-    assert_close(rq, want)
+        want32, _ = rope(q.float(), k.float(), pos)
+        rq, rk = rope(q, k, pos, inplace=inplace)
+    assert rq.dtype == dtype
+    if dtype == torch.float32:
+        assert_close(rq, want)
+    else:  # rotated in fp32, rounded once: exactly the fp32 result, rounded
+        assert torch.equal(rq, want32.to(dtype))
     assert (rq.data_ptr() == fused.data_ptr()) is inplace
+    # Out of place, the result keeps the input's memory order, as torch's own ops do.
+    strides = rq.stride()
+    assert strides[2] > strides[1] > strides[3] == 1
+
+
+@pytest.mark.parametrize("shape, transpose", [((2, 4, 40, 8), False), ((2, 4, 40, 8), True),
+                                              ((1, 3, 1, 8), False), ((3, 1, 7, 8), True)])
+@pytest.mark.parametrize("grain", [8, 64, 100, 320, 10_000])
+def test_blocks_cover_every_row_once_in_memory_order(shape, transpose, grain):
+    B, H, T, D = shape
+    x = torch.empty(B, T, H, D).transpose(1, 2) if transpose else torch.empty(shape)
+    hits = torch.zeros(B, H, T, dtype=torch.int64)
+    blocks = rope_module._block_index(x, grain)
+    for ib, ih, it in blocks:
+        hits[ib, ih, it] += 1
+        block = x[ib, ih, it]
+        assert block.numel() <= max(grain, D)
+        # One piece of memory: the block spans no more storage than it holds.
+        span = sum((n - 1) * st for n, st in zip(block.shape, block.stride(), strict=True)) + 1
+        assert span == block.numel()
+    assert torch.equal(hits, torch.ones_like(hits))
+
+
+def test_blocks_follow_the_layout():
+    x = torch.empty(2, 4, 40, 8)  # contiguous: two whole heads per 640-element block
+    assert rope_module._block_index(x, 640) == [
+        (slice(b, b + 1), slice(h, h + 2), slice(None)) for b in range(2) for h in (0, 2)]
+    # (B, T, H, D) memory seen as (B, H, T, D): all heads of two rows per block.
+    xt = torch.empty(2, 40, 4, 8).transpose(1, 2)
+    assert rope_module._block_index(xt, 64) == [
+        (slice(b, b + 1), slice(None), slice(t, t + 2)) for b in range(2) for t in range(0, 40, 2)]
 
 
 def test_per_row_positions_and_offset():

@@ -17,11 +17,12 @@ and the rotation runs in float32 whatever the input dtype, rounded once to it. A
 position 10^6 with base 5e5 the rotation is right to about 1e-6, where float32
 angles (Hugging Face) are off by ~0.09 (transformers PR#29285).
 
-Speed: on CPU the rotation runs in blocks small enough to stay in cache, spread over
-``torch.get_num_threads()`` threads; the interleaved layout is one complex multiply.
-``inplace=True`` rotates q and k in their own storage (autograd: the backward is the
-inverse rotation, R^T = R(-theta)). Under ``torch.compile`` the plain formula is
-traced instead (Inductor fuses it) and nothing is cached.
+Speed: on CPU the rotation runs in blocks that follow the tensor's memory order and
+stay in cache, each op shared by torch's intra-op threads; the interleaved layout is
+one complex multiply. ``inplace=True`` rotates q and k in their own storage
+(autograd: the backward is the inverse rotation, R^T = R(-theta)). Under
+``torch.compile`` the plain formula is traced instead (Inductor fuses it) and nothing
+is cached.
 
 Checked against the fp64 oracle in ``tests/reference/rope.py`` and Hugging Face's
 ``apply_rotary_pos_emb`` / ``ROPE_INIT_FUNCTIONS``.
@@ -30,15 +31,13 @@ Checked against the fp64 oracle in ``tests/reference/rope.py`` and Hugging Face'
 from __future__ import annotations
 
 import itertools
-import os
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
 from torch import nn
 
+from blocklab._alloc import empty_like_layout
 from blocklab.position.scaling import RopeScaling
 
 __all__ = [
@@ -120,58 +119,57 @@ def _rotate_reference(
 
 # ------------------------------------------------------------------ the rotation, fast kernels
 #
-# Each block is rotated by a few elementwise ops (one complex multiply when the
-# layout is interleaved); blocks hold at most _GRAIN elements, small enough to stay
-# in L2 between the ops and large enough that per-op dispatch does not dominate
-# (measured on a 2-core Xeon: 1 MiB blocks rotate 1.7x faster than 128 KiB ones). Blocks are shared out to a pool of threads (torch ops release
-# the GIL): no barrier per op, which matters on a busy machine.
+# A rotation is a few elementwise passes (one complex multiply when the layout is
+# interleaved). Over a large tensor every pass would stream it from memory again, so
+# on CPU the tensor is cut into blocks of about _GRAIN_PER_THREAD elements per torch
+# thread, each rotated while it sits in cache, its ops shared by torch's own intra-op
+# threads. Blocks follow x's memory order: whole heads of a contiguous (B, H, T, D)
+# tensor, all heads of a range of rows for a (B, T, H, D) fused projection seen as
+# (B, H, T, D). Blocks that cut across memory order alias in the cache (32 heads
+# 512 KiB apart fall in the same sets) and run 2-3x slower; Python threads sharing
+# blocks lost to the GIL and to torch's intra-op threads (measured on a 2-core Xeon).
 
-_GRAIN = 262144  # elements: 1 MiB of fp32
+_GRAIN_PER_THREAD = 131072  # elements of x: 512 KiB of fp32
 _CHUNK_MIN_NUMEL = 1 << 18  # below this, a handful of whole-tensor ops is cheaper
-
-_POOL_LOCK = threading.Lock()
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+_SCRATCH = threading.local()  # per-thread reusable temporaries of the blocked path
 
 
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The module's worker pool, rebuilt after a fork (its threads do not survive one)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < workers:
-            _POOL = (os.getpid(), workers,
-                     ThreadPoolExecutor(workers, thread_name_prefix="blocklab-rope"))
-        return _POOL[2]
+def _scratch(slot: int, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable contiguous buffer of the given shape (contents undefined). A fresh
+    allocation per block would fault its pages in from the kernel every time."""
+    key = (slot, dtype, device)
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    n = shape.numel()
+    buf = bufs.get(key)
+    if buf is None or buf.numel() < n:
+        buf = bufs[key] = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n].view(shape)
 
 
-def _parallel(fn: Callable[..., None], items: Sequence[tuple]) -> None:
-    """fn(*item) for every item, on the calling thread and up to
-    ``torch.get_num_threads() - 1`` pool threads.
+def _block_index(x: torch.Tensor, grain: int) -> list[tuple[slice, slice, slice]]:
+    """(B, H, T) slices cutting x (B, H, T, D) into blocks of at most ``grain``
+    elements (at least one row) that each lie in one piece of memory as far as x's
+    strides allow: dims are taken whole from the innermost (smallest stride) out while
+    the block fits, the next is cut into ranges, the outer ones go one index at a time."""
+    whole = slice(None)
+    per, cut = x.shape[-1], False
+    ranges: list[list[slice]] = [[whole]] * 3
+    for d in sorted(range(3), key=lambda d: x.stride(d)):  # innermost first
+        n = x.shape[d]
+        if not cut and per * n <= grain:
+            per *= n
+            continue
+        step = 1 if cut else max(1, grain // per)
+        ranges[d] = [slice(i, min(n, i + step)) for i in range(0, n, step)]
+        cut = True
+    return list(itertools.product(*ranges))
 
-    Items are handed out one at a time from a shared counter, so a thread the OS
-    schedules late (a busy machine) simply finds less work left instead of holding
-    everyone up at the end."""
-    n = min(torch.get_num_threads(), len(items))
-    if n <= 1:
-        for item in items:
-            fn(*item)
-        return
-    inference = torch.is_inference_mode_enabled()
-    counter = itertools.count()  # next() is atomic under the GIL
 
-    def work() -> None:
-        # Grad and inference modes are thread-local: mirror the caller's.
-        with torch.inference_mode(inference), torch.no_grad():
-            for i in counter:
-                if i >= len(items):
-                    return
-                fn(*items[i])
-
-    futures = [_pool(n - 1).submit(work) for _ in range(n - 1)]
-    try:
-        work()
-    finally:
-        for f in futures:
-            f.result()
+def _halves(x: torch.Tensor, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if interleaved:
+        return x[..., 0::2], x[..., 1::2]
+    half = x.shape[-1] // 2
+    return x[..., :half], x[..., half:]
 
 
 def _as_complex(x: torch.Tensor) -> torch.Tensor | None:
@@ -184,13 +182,6 @@ def _as_complex(x: torch.Tensor) -> torch.Tensor | None:
         return None
 
 
-def _halves(x: torch.Tensor, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    if interleaved:
-        return x[..., 0::2], x[..., 1::2]
-    half = x.shape[-1] // 2
-    return x[..., :half], x[..., half:]
-
-
 def _rotate_block(
     x: torch.Tensor,
     out: torch.Tensor | None,
@@ -198,11 +189,13 @@ def _rotate_block(
     sin: torch.Tensor,
     z: torch.Tensor | None,
     interleaved: bool,
+    scratch: bool = False,
 ) -> None:
     """Rotate one block: out = R x, or x in place when out is None.
 
     x, out: (..., D); cos, sin: (..., h) broadcastable, the working dtype; z: cos + i sin
-    or None. The first 2h features are rotated, the rest copied.
+    or None. The first 2h features are rotated, the rest copied. ``scratch``: take
+    temporaries from the per-thread buffers (blocks of bounded size only).
     """
     rot = 2 * cos.shape[-1]
     full = rot == x.shape[-1]
@@ -210,9 +203,15 @@ def _rotate_block(
         out[..., rot:].copy_(x[..., rot:])
     xr = x if full else x[..., :rot]
     orr = xr if out is None else out if full else out[..., :rot]
+
+    def temp(slot: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if scratch:
+            return _scratch(slot, like.shape, dtype, like.device)
+        return torch.empty(like.shape, dtype=dtype, device=like.device)
+
     if xr.dtype != cos.dtype:  # bf16/fp16: rotate an fp32 copy, round once
-        w = xr.to(cos.dtype)
-        _rotate_block(w, None, cos, sin, z, interleaved)
+        w = temp(1, xr, cos.dtype).copy_(xr)
+        _rotate_block(w, None, cos, sin, z, interleaved, scratch)
         orr.copy_(w)
         return
     if interleaved and z is not None:
@@ -225,7 +224,7 @@ def _rotate_block(
             return
     x1, x2 = _halves(xr, interleaved)
     if out is None:
-        t = x1 * sin
+        t = torch.mul(x1, sin, out=temp(0, x1, x1.dtype))
         x1.mul_(cos).addcmul_(x2, sin, value=-1)  # x1 c - x2 s
         torch.addcmul(t, x2, cos, out=x2)  # x2 c + x1 s, one pass
     else:
@@ -242,7 +241,7 @@ def _rotate(
     out: torch.Tensor | None = None,
     z: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """R x into ``out`` (a new contiguous tensor when given) or x in place; no autograd.
+    """R x into ``out`` (x's shape, any strides) or x in place; no autograd.
 
     x: (B, H, T, D); cos, sin: (T, h) or (B or 1, 1, T, h), the working dtype; z:
     cos + i sin, for the interleaved layout (computed when None)."""
@@ -255,26 +254,12 @@ def _rotate(
     if one_pass or x.device.type != "cpu" or x.numel() < _CHUNK_MIN_NUMEL or x.dim() != 4:
         _rotate_block(x, out, cos, sin, z, interleaved)
         return x if out is None else out
-    B, H, T, D = x.shape
-    width = 2 * cos.shape[-1] if x.dtype != cos.dtype else cos.shape[-1]
-    rows = max(1, _GRAIN // (H * width))
-    spans = [(t0, min(T, t0 + rows)) for t0 in range(0, T, rows)]
-    # Views made once, not per block: per-block Python work is the overhead here.
-    xs, outs = x.unbind(0), (None,) * B if out is None else out.unbind(0)  # (H, T, D) each
-    if cos.dim() == 2:  # the same table rows for every batch row
-        shared = [(cos[t0:t1], sin[t0:t1], None if z is None else z[t0:t1]) for t0, t1 in spans]
-        tables = [shared] * B
-    else:  # per-row positions: (B or 1, 1, T, h)
-        tables = [[(cos[r, :, t0:t1], sin[r, :, t0:t1], None if z is None else z[r, :, t0:t1])
-                   for t0, t1 in spans] for r in (range(B) if cos.shape[0] > 1 else [0] * B)]
-
-    def block(b: int, i: int) -> None:
-        t0, t1 = spans[i]
-        ob = outs[b]
-        _rotate_block(xs[b][:, t0:t1], None if ob is None else ob[:, t0:t1], *tables[b][i],
-                      interleaved)  # (H, rows, D)
-
-    _parallel(block, [(b, i) for b in range(B) for i in range(len(spans))])
+    grain = _GRAIN_PER_THREAD * max(1, torch.get_num_threads())
+    shared = cos.dim() == 2 or cos.shape[0] == 1  # the same table rows for every batch row
+    for ib, ih, it in _block_index(x, grain):
+        tb = (it,) if cos.dim() == 2 else (slice(None) if shared else ib, slice(None), it)
+        _rotate_block(x[ib, ih, it], None if out is None else out[ib, ih, it],
+                      cos[tb], sin[tb], None if z is None else z[tb], interleaved, scratch=True)
     return x if out is None else out
 
 
@@ -286,7 +271,7 @@ class _Rotate(torch.autograd.Function):
         ctx.save_for_backward(cos, sin)
         ctx.interleaved = interleaved
         return _rotate(x, cos, sin, interleaved, z=z,
-                       out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+                       out=empty_like_layout(x))
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -341,7 +326,8 @@ def apply_rotary(
             place for views autograd cannot track (see ``RotaryEmbedding.forward``).
 
     Returns:
-        R x, x's shape and dtype: a new contiguous tensor, or x itself when ``inplace``.
+        R x, x's shape and dtype: a new tensor laid out in x's memory order
+        (contiguous for a contiguous x), or x itself when ``inplace``.
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a (B, H, T, D) tensor, got {getattr(x, 'shape', x)!r}")
@@ -388,7 +374,7 @@ def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, z: torch.Tenso
     if needs_grad:
         return _Rotate.apply(x, cos, sin, z, interleaved)
     return _rotate(x, cos, sin, interleaved, z=z,
-                   out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+                   out=empty_like_layout(x))
 
 
 # ------------------------------------------------------------------ layout conversion
