@@ -135,15 +135,20 @@ _SCRATCH = threading.local()  # per-thread reusable temporaries of the blocked p
 
 
 def _scratch(slot: int, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A reusable contiguous buffer of the given shape (contents undefined). A fresh
-    allocation per block would fault its pages in from the kernel every time."""
+    """A reusable contiguous buffer of the given shape (contents undefined), one per
+    (thread, slot, dtype, device). A fresh allocation per block would fault its pages
+    in from the kernel every time; views are kept, blocks mostly share a shape."""
+    cache = _SCRATCH.__dict__.setdefault("bufs", {})
     key = (slot, dtype, device)
-    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
-    n = shape.numel()
-    buf = bufs.get(key)
-    if buf is None or buf.numel() < n:
-        buf = bufs[key] = torch.empty(n, dtype=dtype, device=device)
-    return buf[:n].view(shape)
+    buf, views = cache.get(key, (None, {}))
+    view = views.get(shape)
+    if view is None:
+        n = shape.numel()
+        if buf is None or buf.numel() < n:
+            buf, views = torch.empty(n, dtype=dtype, device=device), {}
+        view = views[shape] = buf[:n].view(shape)
+        cache[key] = (buf, views)
+    return view
 
 
 def _block_index(x: torch.Tensor, grain: int) -> list[tuple[slice, slice, slice]]:
@@ -255,11 +260,40 @@ def _rotate(
         _rotate_block(x, out, cos, sin, z, interleaved)
         return x if out is None else out
     grain = _GRAIN_PER_THREAD * max(1, torch.get_num_threads())
+    blocks = _block_index(x, grain)
     shared = cos.dim() == 2 or cos.shape[0] == 1  # the same table rows for every batch row
-    for ib, ih, it in _block_index(x, grain):
-        tb = (it,) if cos.dim() == 2 else (slice(None) if shared else ib, slice(None), it)
-        _rotate_block(x[ib, ih, it], None if out is None else out[ib, ih, it],
-                      cos[tb], sin[tb], None if z is None else z[tb], interleaved, scratch=True)
+    tables: dict[tuple, tuple] = {}
+
+    def table(ib: slice, it: slice) -> tuple:
+        key = (it.start, it.stop) if shared else (ib.start, ib.stop, it.start, it.stop)
+        if key not in tables:
+            tb = (it,) if cos.dim() == 2 else (slice(None) if shared else ib, slice(None), it)
+            tables[key] = cos[tb], sin[tb], None if z is None else z[tb]
+        return tables[key]
+
+    if x.dtype != cos.dtype:  # bf16/fp16: each block through an fp32 scratch copy
+        for idx in blocks:
+            _rotate_block(x[idx], None if out is None else out[idx], *table(idx[0], idx[2]),
+                          interleaved, scratch=True)
+        return x if out is None else out
+    # Per block only the ops themselves: views of the halves are cut once, here.
+    # (Per-block Python work costs as much as an op on a 2-core machine.)
+    rot = 2 * cos.shape[-1]
+    x1a, x2a = _halves(x[..., :rot], interleaved)
+    if out is not None:
+        o1a, o2a = _halves(out[..., :rot], interleaved)
+        if rot < x.shape[-1]:
+            out[..., rot:].copy_(x[..., rot:])
+    for idx in blocks:
+        x1, x2 = x1a[idx], x2a[idx]
+        c, s, _ = table(idx[0], idx[2])
+        if out is None:
+            t = torch.mul(x1, s, out=_scratch(0, x1.shape, x1.dtype, x1.device))
+            x1.mul_(c).addcmul_(x2, s, value=-1)  # x1 c - x2 s
+            torch.addcmul(t, x2, c, out=x2)  # x2 c + x1 s
+        else:
+            torch.mul(x1, c, out=o1a[idx]).addcmul_(x2, s, value=-1)
+            torch.mul(x2, c, out=o2a[idx]).addcmul_(x1, s)
     return x if out is None else out
 
 
