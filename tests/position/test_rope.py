@@ -405,3 +405,26 @@ def test_bad_input(make, exc, match):
 def test_rope_extra_repr_names_the_scaling():
     r = RotaryEmbedding(8, scaling=RopeScaling("yarn", 4.0, 64))
     assert "yarn" in repr(r) and math.isclose(r.attention_factor, 0.1 * math.log(4) + 1)
+
+
+@pytest.mark.parametrize("first", ["inference", "no_grad", "grad"])
+def test_blocked_path_scratch_serves_every_grad_mode(first, monkeypatch):
+    """The blocked path reuses per-thread scratch buffers: ones made under
+    inference_mode must still serve no_grad and training calls (and vice versa)."""
+    monkeypatch.setattr(rope_module, "_CHUNK_MIN_NUMEL", 1 << 10)
+    monkeypatch.setattr(rope_module, "_GRAIN_PER_THREAD", 1 << 9)
+    monkeypatch.setattr(rope_module, "_SCRATCH", __import__("threading").local())
+    rope = RotaryEmbedding(16, max_seq_len=32)
+    modes = {"inference": torch.inference_mode, "no_grad": torch.no_grad,
+             "grad": torch.enable_grad}
+    order = [first] + [m for m in modes if m != first]
+    for mode in order + order:
+        q = torch.randn(2, 4, 32, 16, requires_grad=mode == "grad")
+        want = naive_rope(q.detach(), torch.arange(32))
+        with modes[mode]():
+            x = q * 1  # a computed tensor: in-place rotation allowed under autograd
+            rq = rope.rotate(x, inplace=True)
+        assert_close(rq.detach(), want)
+        if mode == "grad":
+            rq.sum().backward()
+            assert q.grad is not None and torch.isfinite(q.grad).all()

@@ -143,10 +143,13 @@ def _scratch(slot: int, shape: torch.Size, dtype: torch.dtype, device: torch.dev
     buf, views = cache.get(key, (None, {}))
     view = views.get(shape)
     if view is None:
-        n = shape.numel()
-        if buf is None or buf.numel() < n:
-            buf, views = torch.empty(n, dtype=dtype, device=device), {}
-        view = views[shape] = buf[:n].view(shape)
+        # Normal tensors even under inference_mode: an inference tensor (or a view made
+        # there) could not be written outside it, say by training after generation.
+        with torch.inference_mode(False):
+            n = shape.numel()
+            if buf is None or buf.numel() < n:
+                buf, views = torch.empty(n, dtype=dtype, device=device), {}
+            view = views[shape] = buf[:n].view(shape)
         cache[key] = (buf, views)
     return view
 
