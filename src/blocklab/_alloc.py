@@ -1,4 +1,5 @@
-"""Fresh tensors laid out like an existing one.
+"""Buffers for kernels: fresh tensors laid out like an existing one, and reusable
+per-thread scratch space for blocked loops.
 
 Tried and left out: putting fresh output buffers on transparent huge pages
 (``madvise(MADV_HUGEPAGE)``, what ``THP_MEM_ALLOC_ENABLE=1`` does in PyTorch). On the
@@ -8,6 +9,8 @@ which made RoPE's out-of-place benchmark slower, not faster.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -23,3 +26,28 @@ def empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     for i, d in enumerate(order):
         inverse[d] = i
     return buf.permute(inverse)
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A reusable contiguous buffer of the given shape, contents undefined: one per
+    (thread, name, dtype, device), grown as needed. For the temporaries of blocked
+    loops, where a fresh allocation per block would fault its pages in from the kernel
+    every time. Callers bound the size (it is kept until the thread ends) and must be
+    done with a buffer before asking for the same name again."""
+    cache = _SCRATCH.__dict__.setdefault("bufs", {})
+    key = (name, dtype, device)
+    buf, views = cache.get(key, (None, {}))
+    view = views.get(shape)
+    if view is None:
+        # Normal tensors even under inference_mode: an inference tensor (or a view made
+        # there) could not be written outside it, say by training after generation.
+        with torch.inference_mode(False):
+            n = shape.numel()
+            if buf is None or buf.numel() < n:
+                buf, views = torch.empty(n, dtype=dtype, device=device), {}
+            view = views[shape] = buf[:n].view(shape)
+        cache[key] = (buf, views)
+    return view

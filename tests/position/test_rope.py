@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+import blocklab._alloc
 from blocklab.position import (
     RopeScaling,
     RotaryEmbedding,
@@ -413,7 +414,7 @@ def test_blocked_path_scratch_serves_every_grad_mode(first, monkeypatch):
     inference_mode must still serve no_grad and training calls (and vice versa)."""
     monkeypatch.setattr(rope_module, "_CHUNK_MIN_NUMEL", 1 << 10)
     monkeypatch.setattr(rope_module, "_GRAIN_PER_THREAD", 1 << 9)
-    monkeypatch.setattr(rope_module, "_SCRATCH", __import__("threading").local())
+    monkeypatch.setattr(blocklab._alloc, "_SCRATCH", __import__("threading").local())
     rope = RotaryEmbedding(16, max_seq_len=32)
     modes = {"inference": torch.inference_mode, "no_grad": torch.no_grad,
              "grad": torch.enable_grad}

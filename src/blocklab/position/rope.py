@@ -31,13 +31,12 @@ Checked against the fp64 oracle in ``tests/reference/rope.py`` and Hugging Face'
 from __future__ import annotations
 
 import itertools
-import threading
 from typing import Literal
 
 import torch
 from torch import nn
 
-from blocklab._alloc import empty_like_layout
+from blocklab._alloc import empty_like_layout, scratch
 from blocklab.position.scaling import RopeScaling
 
 __all__ = [
@@ -131,29 +130,6 @@ def _rotate_reference(
 
 _GRAIN_PER_THREAD = 131072  # elements of x: 512 KiB of fp32
 _CHUNK_MIN_NUMEL = 1 << 18  # below this, a handful of whole-tensor ops is cheaper
-_SCRATCH = threading.local()  # per-thread reusable temporaries of the blocked path
-
-
-def _scratch(slot: int, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A reusable contiguous buffer of the given shape (contents undefined), one per
-    (thread, slot, dtype, device). A fresh allocation per block would fault its pages
-    in from the kernel every time; views are kept, blocks mostly share a shape."""
-    cache = _SCRATCH.__dict__.setdefault("bufs", {})
-    key = (slot, dtype, device)
-    buf, views = cache.get(key, (None, {}))
-    view = views.get(shape)
-    if view is None:
-        # Normal tensors even under inference_mode: an inference tensor (or a view made
-        # there) could not be written outside it, say by training after generation.
-        with torch.inference_mode(False):
-            n = shape.numel()
-            if buf is None or buf.numel() < n:
-                buf, views = torch.empty(n, dtype=dtype, device=device), {}
-            view = views[shape] = buf[:n].view(shape)
-        cache[key] = (buf, views)
-    return view
-
-
 def _block_index(x: torch.Tensor, grain: int) -> list[tuple[slice, slice, slice]]:
     """(B, H, T) slices cutting x (B, H, T, D) into blocks of at most ``grain``
     elements (at least one row) that each lie in one piece of memory as far as x's
@@ -197,12 +173,12 @@ def _rotate_block(
     sin: torch.Tensor,
     z: torch.Tensor | None,
     interleaved: bool,
-    scratch: bool = False,
+    reuse: bool = False,
 ) -> None:
     """Rotate one block: out = R x, or x in place when out is None.
 
     x, out: (..., D); cos, sin: (..., h) broadcastable, the working dtype; z: cos + i sin
-    or None. The first 2h features are rotated, the rest copied. ``scratch``: take
+    or None. The first 2h features are rotated, the rest copied. ``reuse``: take
     temporaries from the per-thread buffers (blocks of bounded size only).
     """
     rot = 2 * cos.shape[-1]
@@ -213,13 +189,13 @@ def _rotate_block(
     orr = xr if out is None else out if full else out[..., :rot]
 
     def temp(slot: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if scratch:
-            return _scratch(slot, like.shape, dtype, like.device)
+        if reuse:
+            return scratch(f"rope{slot}", like.shape, dtype, like.device)
         return torch.empty(like.shape, dtype=dtype, device=like.device)
 
     if xr.dtype != cos.dtype:  # bf16/fp16: rotate an fp32 copy, round once
         w = temp(1, xr, cos.dtype).copy_(xr)
-        _rotate_block(w, None, cos, sin, z, interleaved, scratch)
+        _rotate_block(w, None, cos, sin, z, interleaved, reuse)
         orr.copy_(w)
         return
     if interleaved and z is not None:
@@ -277,7 +253,7 @@ def _rotate(
     if x.dtype != cos.dtype:  # bf16/fp16: each block through an fp32 scratch copy
         for idx in blocks:
             _rotate_block(x[idx], None if out is None else out[idx], *table(idx[0], idx[2]),
-                          interleaved, scratch=True)
+                          interleaved, reuse=True)
         return x if out is None else out
     # Per block only the ops themselves: views of the halves are cut once, here.
     # (Per-block Python work costs as much as an op on a 2-core machine.)
@@ -291,7 +267,7 @@ def _rotate(
         x1, x2 = x1a[idx], x2a[idx]
         c, s, _ = table(idx[0], idx[2])
         if out is None:
-            t = torch.mul(x1, s, out=_scratch(0, x1.shape, x1.dtype, x1.device))
+            t = torch.mul(x1, s, out=scratch("rope0", x1.shape, x1.dtype, x1.device))
             x1.mul_(c).addcmul_(x2, s, value=-1)  # x1 c - x2 s
             torch.addcmul(t, x2, c, out=x2)  # x2 c + x1 s
         else:
