@@ -1,12 +1,13 @@
 """Losses: ``focal_loss`` vs the textbook focal loss and vs ``F.cross_entropy``, forward + backward.
 
 The textbook form (as in torchvision's sigmoid version and most softmax ports)
-is ``ce * (1 - exp(-ce)) ** gamma``: three elementwise passes after
-``F.cross_entropy`` -- fast, but NaN in the backward pass at saturated logits for
-0 < gamma < 1. blocklab's ``focal_loss`` computes ``log(1 - p_t)`` without
-cancellation (two more logsumexp passes over the logits), so it is expected to be
-slower; this measures by how much, and how far ``F.cross_entropy`` (gamma = 0,
-the floor) is ahead. ``sigmoid_focal_loss`` is set against torchvision's formula.
+is ``ce * (1 - exp(-ce)) ** gamma`` after ``F.cross_entropy``: NaN in the backward
+pass at saturated logits for 0 < gamma < 1, and 0 instead of the true tiny loss
+where p_t rounds to 1. blocklab's ``focal_loss`` (hard targets) is one fused
+autograd function over blocks of rows, ``log(1 - p_t)`` from the other classes'
+sum (no cancellation) and its gradient written out: three passes over the logits
+forward, two backward. ``F.cross_entropy`` (gamma = 0) is the reference floor.
+``sigmoid_focal_loss`` (0/1 targets, also fused) is set against torchvision's formula.
 
 Machine limit: the least memory traffic of a fused forward + backward reads the
 logits twice and writes their gradient once, ``3 * N * C * 4`` bytes (fp32), set
@@ -99,7 +100,7 @@ def run(quick: bool = False) -> BenchResult:
         limits=limits,
         notes=[
             "forward + backward of a mean (softmax) or sum (sigmoid) loss, fp32",
-            "ratio < 1: ours is slower; the textbook form has NaN gradients at saturated "
+            "ratio > 1: ours is faster; the textbook form has NaN gradients at saturated "
             "logits for 0 < gamma < 1, ours does not",
         ],
     )

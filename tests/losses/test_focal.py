@@ -154,6 +154,56 @@ def test_hard_target_path_equals_all_class_path() -> None:
         assert_close(focal_loss(logits, target, gamma=gamma, reduction="none"), expected[:, 0])
 
 
+def _focal_rows_fp64(z: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Differentiable fp64 focal loss per row for logits spanning < 700, with no
+    cancellation: r = sum_{j != t} exp(z_j - z_t), log p_t = -log1p(r) and
+    log(1 - p_t) = log r + log p_t."""
+    r = (z - z.gather(1, t[:, None])).scatter(1, t[:, None], -math.inf).exp().sum(1)
+    logp_t = -torch.log1p(r)
+    return -torch.exp(gamma * (torch.log(r) + logp_t)) * logp_t
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.25, 1.0, 2.0])
+@pytest.mark.parametrize("block", [None, 1, 7])
+def test_fused_hard_target_loss_and_gradient(gamma: float, block: int | None,
+                                             monkeypatch) -> None:
+    """The fused kernel (in blocks of rows, shrunk here to one and seven elements)
+    against fp64 autograd, fp32 logits with 1 - p_t far below fp32's resolution."""
+    if block is not None:
+        import blocklab.losses.focal as focal_module
+
+        monkeypatch.setattr(focal_module, "_FOCAL_BLOCK", block)
+    torch.manual_seed(0)
+    z = 4 * torch.randn(30, 6, dtype=torch.float64)
+    t = torch.randint(6, (30,))
+    z[:10].scatter_(1, t[:10, None], 40.0)  # p_t = 1 - 1e-17: saturated, right
+    z[10:13, :] = 0.0
+    z[10:13].scatter_(1, t[10:13, None], -40.0)  # certain and wrong
+    z = z.float().double()  # the same values in both precisions
+    g = torch.rand(30, dtype=torch.float64)
+    ref_x = z.clone().requires_grad_()
+    ref = _focal_rows_fp64(ref_x, t, gamma)
+    (ref_grad,) = torch.autograd.grad(ref, ref_x, g)
+    x = z.float().requires_grad_()
+    ours = focal_loss(x, t, gamma=gamma, reduction="none")
+    (grad,) = torch.autograd.grad(ours, x, g.float())
+    assert_close(ours.double(), ref, rtol=1e-5, atol=1e-30)
+    assert torch.isfinite(grad).all()
+    assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_hard_target_gradcheck_fp64() -> None:
+    logits, target = _data(6, 4, 3, scale=2.0)  # (N, C, d1): rows are (N * d1, C)
+    target[1, 0] = -100
+    alpha = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
+    for gamma in (0.0, 0.5, 2.0):
+        x = logits.clone().requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda z, g=gamma: focal_loss(z, target, gamma=g, alpha=alpha, reduction="sum"),
+            (x,),
+        )
+
+
 def test_all_ignored_gives_zero_not_nan() -> None:
     logits = torch.randn(4, 3, requires_grad=True)
     target = torch.full((4,), -100)
@@ -250,9 +300,11 @@ def test_sigmoid_gradient_matches_torchvision_formula() -> None:
     sigmoid_focal_loss(a, targets, reduction="sum").backward()
     torchvision_sigmoid_focal_loss(b, targets, reduction="sum").backward()
     assert_close(a.grad, b.grad)
-    assert torch.autograd.gradcheck(
-        lambda z: sigmoid_focal_loss(z, targets, gamma=0.5, reduction="sum"),
-        (logits.clone().requires_grad_(),))
+    for gamma in (0.0, 0.5, 2.0):  # 0/1 targets take the fused path, soft ones do not
+        for t in (targets, targets.clamp(0.1, 0.8)):
+            assert torch.autograd.gradcheck(
+                lambda z, g=gamma, t=t: sigmoid_focal_loss(z, t, gamma=g, reduction="sum"),
+                (logits.clone().requires_grad_(),))
 
 
 def test_sigmoid_positives_normaliser() -> None:
