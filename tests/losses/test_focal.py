@@ -172,7 +172,7 @@ def test_fused_hard_target_loss_and_gradient(gamma: float, block: int | None,
     if block is not None:
         import blocklab.losses.focal as focal_module
 
-        monkeypatch.setattr(focal_module, "_FOCAL_BLOCK", block)
+        monkeypatch.setattr(focal_module, "_FOCAL_BLOCK_PER_THREAD", block)
     torch.manual_seed(0)
     z = 4 * torch.randn(30, 6, dtype=torch.float64)
     t = torch.randint(6, (30,))

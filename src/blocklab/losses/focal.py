@@ -156,8 +156,13 @@ def _class_alpha(alpha: float | Tensor | None, n_classes: int, ref: Tensor) -> T
 
 
 # Rows of logits per block of the fused hard-target loss: at most this many elements
-# per block, so exp(z - max) is made and used while it is in cache.
-_FOCAL_BLOCK = 1 << 18
+# per torch thread, so exp(z - max) is made and used while it is in cache (1 MiB per
+# thread was the fastest measured on a 2-core Xeon, from 16k x 256 to 4k x 32k).
+_FOCAL_BLOCK_PER_THREAD = 1 << 18
+
+
+def _rows_per_block(C: int) -> int:
+    return max(1, _FOCAL_BLOCK_PER_THREAD * torch.get_num_threads() // max(C, 1))
 
 
 class _HardFocal(torch.autograd.Function):
@@ -177,7 +182,7 @@ class _HardFocal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, target, gamma):  # type: ignore[override]
         N, C = z.shape
-        step = max(1, _FOCAL_BLOCK // max(C, 1))
+        step = _rows_per_block(C)
         t = target[:, None]
         m, log_r, e_t = (torch.empty(N, 1, dtype=z.dtype, device=z.device) for _ in range(3))
         for r0 in range(0, N, step):
@@ -215,7 +220,7 @@ class _HardFocal(torch.autograd.Function):
             coef = coef - g * (gamma * log_pt * p_t) * per_r
         dz_t = -g * (one_m - gamma * log_pt * p_t)
         dz = torch.empty_like(z)
-        step = max(1, _FOCAL_BLOCK // max(C, 1))
+        step = _rows_per_block(C)
         for r0 in range(0, N, step):
             r1 = min(N, r0 + step)
             torch.sub(z[r0:r1], m[r0:r1], out=dz[r0:r1]).exp_().mul_(coef[r0:r1])
