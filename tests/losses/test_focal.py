@@ -204,6 +204,26 @@ def test_fused_hard_target_gradcheck_fp64() -> None:
         )
 
 
+def test_masked_classes_and_a_masked_target() -> None:
+    """-inf logits (a masked vocabulary) are classes of probability 0; a target whose
+    logit is -inf has loss inf, as in F.cross_entropy, and a finite gradient."""
+    z = torch.randn(3, 4, dtype=torch.float64)
+    z[0, 2] = z[1, 1] = -math.inf
+    t = torch.tensor([1, 1, 3])
+    for gamma in (0.0, 0.5, 2.0):
+        x = z.clone().requires_grad_()
+        loss = focal_loss(x, t, gamma=gamma, reduction="none")
+        loss.sum().backward()
+        ref = focal_loss_reference(z[[0, 2]], t[[0, 2]], gamma=gamma, reduction="none")
+        assert_close(loss[[0, 2]], ref)
+        assert loss[1] == math.inf and torch.isfinite(x.grad).all()
+        assert x.grad[0, 2] == 0
+        if gamma == 0:
+            y = z.clone().requires_grad_()
+            F.cross_entropy(y, t, reduction="sum").backward()
+            assert_close(x.grad, y.grad)
+
+
 def test_all_ignored_gives_zero_not_nan() -> None:
     logits = torch.randn(4, 3, requires_grad=True)
     target = torch.full((4,), -100)
@@ -259,6 +279,17 @@ def test_sigmoid_focal_finite_at_extreme_logits(dtype: torch.dtype, gamma: float
     ref = sum(sigmoid_focal_reference(float(a), float(b), gamma=gamma, alpha=0.25)
               for a, b in zip(logits.double(), targets.double(), strict=True))
     assert_close(loss.double(), torch.tensor(ref, dtype=torch.float64), dtype=dtype)
+
+
+def test_sigmoid_focal_infinite_logits_give_finite_gradients() -> None:
+    x = torch.tensor([math.inf, -math.inf, math.inf, -math.inf], requires_grad=True)
+    t = torch.tensor([1.0, 0.0, 0.0, 1.0])  # right and certain, then wrong and certain
+    for gamma in (0.0, 0.5, 2.0):
+        x.grad = None
+        loss = sigmoid_focal_loss(x, t, gamma=gamma, alpha=-1)
+        loss.sum().backward()
+        assert loss[:2].tolist() == [0.0, 0.0] and loss[2:].tolist() == [math.inf] * 2
+        assert x.grad.tolist() == [0.0, 0.0, 1.0, -1.0]
 
 
 def test_textbook_formula_has_the_nan_trap() -> None:

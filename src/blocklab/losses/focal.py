@@ -215,10 +215,13 @@ class _HardFocal(torch.autograd.Function):
         # Coefficient of e_j for j != t: g f / S - g f gamma a p_t / R; a row with R = 0
         # has p_t = 1 and a = 0, and every other class's e_j is 0: its term is 0.
         coef = g * torch.exp(-log_s)
+        # a p_t -> 0 as p_t -> 0 (a target logit of -inf: loss inf, gradient finite, as
+        # F.cross_entropy's).
+        ap = gamma * torch.where(p_t > 0, log_pt * p_t, 0.0)
         if gamma != 0:
             per_r = torch.where(one_m > 0, torch.exp(-(log_1m + log_s)), 0.0)  # 1 / R
-            coef = coef - g * (gamma * log_pt * p_t) * per_r
-        dz_t = -g * (one_m - gamma * log_pt * p_t)
+            coef = coef - g * ap * per_r
+        dz_t = -g * (one_m - ap)
         dz = torch.empty_like(z)
         step = _rows_per_block(C)
         for r0 in range(0, N, step):
@@ -372,7 +375,9 @@ class _HardSigmoidFocal(torch.autograd.Function):
         gamma = ctx.gamma
         du = torch.exp(log_q)  # sigmoid(u)
         if gamma != 0:
-            du.addcmul_(ce, torch.exp(-ce), value=gamma).mul_(torch.exp(gamma * log_q))
+            # softplus(u) p_t -> 0 as u -> inf; the clamp keeps inf * 0 out of it.
+            du.addcmul_(ce.clamp(max=1e3), torch.exp(-ce), value=gamma)
+            du.mul_(torch.exp(gamma * log_q))
         du.mul_(grad)
         if w is not None:
             du.mul_(w)
