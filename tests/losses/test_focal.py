@@ -204,6 +204,22 @@ def test_fused_hard_target_gradcheck_fp64() -> None:
         )
 
 
+def test_fused_loss_backward_twice_and_without_grad() -> None:
+    """The kept exp(z - max) becomes the first gradient; a retained graph's second
+    backward recomputes it, no_grad keeps nothing, and double backward is refused."""
+    z, t = _data(8, 5, dtype=torch.float32)
+    x = z.clone().requires_grad_()
+    loss = focal_loss(x, t, gamma=2.0)
+    (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, x)
+    assert torch.equal(g1, g2)
+    with torch.no_grad():
+        assert torch.equal(focal_loss(x, t, gamma=2.0), loss.detach())
+    with pytest.raises(RuntimeError, match="differentiate|does not require grad"):
+        (g,) = torch.autograd.grad(focal_loss(x, t, gamma=2.0), x, create_graph=True)
+        g.sum().backward()
+
+
 def test_masked_classes_and_a_masked_target() -> None:
     """-inf logits (a masked vocabulary) are classes of probability 0; a target whose
     logit is -inf has loss inf, as in F.cross_entropy, and a finite gradient."""

@@ -172,24 +172,29 @@ class _HardFocal(torch.autograd.Function):
     Forward, per row: m = max z, e = exp(z - m) with the target's entry zeroed, R =
     sum e (the other classes: summed, never ``1 - p_t`` by subtraction, so it stays
     right when p_t rounds to 1), S = R + e_t (log S = log1p(R) when t is the max),
-    log p_t = z_t - m - log S and log(1 - p_t) = log R - log S. Backward, with a = log p_t, f = (1 - p_t)^gamma and
-    g the incoming gradient: dz_j = g f (p_j - gamma a p_t e_j / R) for j != t and
-    dz_t = -g f (R / S - gamma a p_t); e is recomputed block by block.
-    Three passes over the logits forward, two backward: about what ``F.cross_entropy``
-    costs, where the unfused form made and differentiated several (N, C) temporaries.
+    log p_t = z_t - m - log S and log(1 - p_t) = log R - log S. Backward, with
+    a = log p_t, f = (1 - p_t)^gamma and g the incoming gradient:
+    dz_j = g f (p_j - gamma a p_t e_j / R) for j != t, dz_t = -g f (R / S - gamma a p_t).
+
+    When a gradient is wanted (``keep``) e is kept, one (N, C) buffer, and the backward
+    scales it into the gradient in place: one allocation and one pass, where
+    ``F.cross_entropy`` allocates its log-probabilities and then its gradient. A second
+    backward through the same graph (``retain_graph``) recomputes e from the logits.
     """
 
     @staticmethod
-    def forward(ctx, z, target, gamma):  # type: ignore[override]
+    def forward(ctx, z, target, gamma, keep):  # type: ignore[override]
         N, C = z.shape
-        step = _rows_per_block(C)
         t = target[:, None]
         m, log_r, e_t = (torch.empty(N, 1, dtype=z.dtype, device=z.device) for _ in range(3))
+        e_all = torch.empty((N, C), dtype=z.dtype, device=z.device) if keep else None
+        step = _rows_per_block(C)
         for r0 in range(0, N, step):
             r1 = min(N, r0 + step)
             zb, tb = z[r0:r1], t[r0:r1]
+            e = e_all[r0:r1] if keep else scratch("focal", zb.shape, z.dtype, z.device)
             torch.amax(zb, 1, keepdim=True, out=m[r0:r1])
-            e = torch.sub(zb, m[r0:r1], out=scratch("focal", zb.shape, z.dtype, z.device)).exp_()
+            torch.sub(zb, m[r0:r1], out=e).exp_()
             torch.gather(e, 1, tb, out=e_t[r0:r1])
             torch.sum(e.scatter_(1, tb, 0.0), 1, keepdim=True, out=log_r[r0:r1])
         # log S = log1p(R) where the target is the max (e_t = 1): log p_t stays right
@@ -200,14 +205,14 @@ class _HardFocal(torch.autograd.Function):
         log_1m = log_r - log_s
         f = torch.exp(gamma * log_1m) if gamma != 0 else torch.ones_like(log_1m)
         ctx.save_for_backward(z, target, m, log_s, log_1m, log_pt, f)
-        ctx.gamma = gamma
+        ctx.gamma, ctx.e = gamma, e_all
         return (-f * log_pt)[:, 0]
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
         z, target, m, log_s, log_1m, log_pt, f = ctx.saved_tensors
         gamma = ctx.gamma
-        N, C = z.shape
         t = target[:, None]
         g = grad[:, None].to(z.dtype) * f  # g f, (N, 1)
         p_t = log_pt.exp()
@@ -222,13 +227,11 @@ class _HardFocal(torch.autograd.Function):
             per_r = torch.where(one_m > 0, torch.exp(-(log_1m + log_s)), 0.0)  # 1 / R
             coef = coef - g * ap * per_r
         dz_t = -g * (one_m - ap)
-        dz = torch.empty_like(z)
-        step = _rows_per_block(C)
-        for r0 in range(0, N, step):
-            r1 = min(N, r0 + step)
-            torch.sub(z[r0:r1], m[r0:r1], out=dz[r0:r1]).exp_().mul_(coef[r0:r1])
-        dz.scatter_(1, t, dz_t)
-        return dz, None, None
+        dz, ctx.e = ctx.e, None  # e becomes the gradient; a later backward recomputes it
+        if dz is None:
+            dz = torch.sub(z, m).exp_()
+        dz.mul_(coef).scatter_(1, t, dz_t)
+        return dz, None, None, None
 
 
 def log1m_softmax(logits: Tensor, dim: int = -1) -> Tensor:
@@ -317,7 +320,8 @@ def focal_loss(
         # Hard targets: only the target class's (1 - p_t)^gamma is needed; one fused
         # kernel over (rows, C).
         rows = z if z.dim() == 2 else z.movedim(1, -1).reshape(-1, n_classes)
-        loss = _HardFocal.apply(rows, safe_target.reshape(-1), gamma).view(target.shape)
+        keep = torch.is_grad_enabled() and rows.requires_grad
+        loss = _HardFocal.apply(rows, safe_target.reshape(-1), gamma, keep).view(target.shape)
         if weights is not None:
             loss = loss * weights[safe_target[:, 0]]  # alpha[y_i]
     else:
