@@ -68,6 +68,58 @@ def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (p * (log_p.masked_fill(off, 0.0) - log_q.masked_fill(off, 0.0))).sum(-1)
 
 
+# Rows per block of the fused forward KL: at most this many logits per torch thread, so
+# every pass over a block after the first runs in cache.
+_KD_BLOCK_PER_THREAD = 1 << 17
+
+
+class _ForwardKL(torch.autograd.Function):
+    """Per-row KL(softmax(t / T) || softmax(s / T)) for (N, C) logits, in blocks of
+    rows, and its gradient written out: d/ds = (q - p) / T with q, p the student's and
+    teacher's softened probabilities. When a gradient is wanted (``keep``) q - p is
+    kept, one (N, C) buffer, and the backward scales it into the gradient in place.
+    Terms with p = 0 are 0 even where log q = -inf (no 0 * inf = NaN)."""
+
+    @staticmethod
+    def forward(ctx, s, t, temperature, keep):  # type: ignore[override]
+        N, C = s.shape
+        kl = torch.empty(N, dtype=s.dtype, device=s.device)
+        diff = torch.empty((N, C), dtype=s.dtype, device=s.device) if keep else None
+        inv_t = 1.0 / temperature
+        for r0, r1 in _blocks(N, C):
+            log_q, log_p, p = _softened(s[r0:r1], t[r0:r1], inv_t)
+            terms = (log_p - log_q).mul_(p).masked_fill_(p == 0, 0.0)
+            torch.sum(terms, 1, out=kl[r0:r1])
+            if keep:
+                torch.sub(log_q.exp_(), p, out=diff[r0:r1])
+        ctx.diff, ctx.inv_t = diff, inv_t
+        ctx.save_for_backward(s, t)
+        return kl
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        diff, ctx.diff = ctx.diff, None  # q - p becomes the gradient
+        if diff is None:  # a second backward through a retained graph: recompute
+            s, t = ctx.saved_tensors
+            diff = torch.empty_like(s)
+            for r0, r1 in _blocks(*s.shape):
+                log_q, _, p = _softened(s[r0:r1], t[r0:r1], ctx.inv_t)
+                torch.sub(log_q.exp_(), p, out=diff[r0:r1])
+        return diff.mul_(grad[:, None].to(diff.dtype) * ctx.inv_t), None, None, None
+
+
+def _blocks(N: int, C: int) -> list[tuple[int, int]]:
+    step = max(1, _KD_BLOCK_PER_THREAD * torch.get_num_threads() // max(C, 1))
+    return [(r0, min(N, r0 + step)) for r0 in range(0, N, step)]
+
+
+def _softened(s: Tensor, t: Tensor, inv_t: float) -> tuple[Tensor, Tensor, Tensor]:
+    """log q = log_softmax(s / T), log p = log_softmax(t / T) and p, for a block."""
+    log_p = torch.log_softmax(t * inv_t, dim=1)
+    return torch.log_softmax(s * inv_t, dim=1), log_p, log_p.exp()
+
+
 def kd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -107,9 +159,16 @@ def kd_loss(
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    log_s = F.log_softmax(student_logits.to(dtype) / t, dim=-1)  # (..., C)
-    log_t = F.log_softmax(teacher_logits.detach().to(dtype) / t, dim=-1)  # (..., C)
-    kl = _kl(log_t, log_s) if direction == "forward" else _kl(log_s, log_t)  # (...)
+    if direction == "forward":  # the fused kernel over (positions, C)
+        s = student_logits.to(dtype)
+        rows = s.reshape(-1, s.shape[-1])
+        keep = torch.is_grad_enabled() and rows.requires_grad
+        kl = _ForwardKL.apply(rows, teacher_logits.detach().to(dtype).reshape(rows.shape), t,
+                              keep).view(s.shape[:-1])
+    else:
+        log_s = F.log_softmax(student_logits.to(dtype) / t, dim=-1)  # (..., C)
+        log_t = F.log_softmax(teacher_logits.detach().to(dtype) / t, dim=-1)  # (..., C)
+        kl = _kl(log_s, log_t)  # (...)
     if mask is None:
         per_position = kl.mean() if kl.numel() else kl.sum()
     else:
