@@ -159,16 +159,17 @@ def kd_loss(
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a bool tensor, got {mask.dtype}")
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    if direction == "forward":  # the fused kernel over (positions, C)
+    if direction == "forward" and not torch.compiler.is_compiling():  # fused, (positions, C)
         s = student_logits.to(dtype)
         rows = s.reshape(-1, s.shape[-1])
         keep = torch.is_grad_enabled() and rows.requires_grad
         kl = _ForwardKL.apply(rows, teacher_logits.detach().to(dtype).reshape(rows.shape), t,
                               keep).view(s.shape[:-1])
     else:
+        # Reverse KL, or traced by torch.compile: plain ops, which Inductor fuses.
         log_s = F.log_softmax(student_logits.to(dtype) / t, dim=-1)  # (..., C)
         log_t = F.log_softmax(teacher_logits.detach().to(dtype) / t, dim=-1)  # (..., C)
-        kl = _kl(log_s, log_t)  # (...)
+        kl = _kl(log_t, log_s) if direction == "forward" else _kl(log_s, log_t)  # (...)
     if mask is None:
         per_position = kl.mean() if kl.numel() else kl.sum()
     else:

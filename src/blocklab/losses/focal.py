@@ -114,7 +114,9 @@ def _check_class_targets(logits: Tensor, target: Tensor, ignore_index: int) -> N
     n_classes = logits.shape[0] if logits.dim() == 1 else logits.shape[1]
     if n_classes < 1:
         raise ValueError(f"logits must have at least one class, got C = {n_classes}")
-    if target.numel():
+    # Value checks read the data: skipped while torch.compile traces (it cannot branch
+    # on values); eager calls check every time.
+    if target.numel() and not torch.compiler.is_compiling():
         bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
         if bool(bad.any()):
             value = int(target[bad][0])
@@ -234,6 +236,19 @@ class _HardFocal(torch.autograd.Function):
         return dz, None, None, None
 
 
+def _hard_focal_formula(z: Tensor, target: Tensor, gamma: float) -> Tensor:
+    """What :class:`_HardFocal` computes, as plain differentiable ops (for tracing):
+    z (N, C, ...), target (N, 1, ...) -> (N, ...). log(1 - p_t) is the log-sum-exp of
+    the other classes (the target's logit set to the lowest float, not -inf, so one
+    class alone stays finite) minus that of all."""
+    lse = z.logsumexp(1, keepdim=True)
+    log_pt = z.gather(1, target) - lse
+    if gamma == 0:
+        return -log_pt[:, 0]
+    rest = z.scatter(1, target, torch.finfo(z.dtype).min).logsumexp(1, keepdim=True) - lse
+    return -(torch.exp(gamma * rest) * log_pt)[:, 0]
+
+
 def log1m_softmax(logits: Tensor, dim: int = -1) -> Tensor:
     """``log(1 - softmax(logits))`` along ``dim``, accurate and with finite gradients.
 
@@ -319,9 +334,13 @@ def focal_loss(
     if label_smoothing == 0:
         # Hard targets: only the target class's (1 - p_t)^gamma is needed; one fused
         # kernel over (rows, C).
-        rows = z if z.dim() == 2 else z.movedim(1, -1).reshape(-1, n_classes)
-        keep = torch.is_grad_enabled() and rows.requires_grad
-        loss = _HardFocal.apply(rows, safe_target.reshape(-1), gamma, keep).view(target.shape)
+        if torch.compiler.is_compiling():  # traced: the plain formula, which Inductor fuses
+            loss = _hard_focal_formula(z, safe_target, gamma)
+        else:
+            rows = z if z.dim() == 2 else z.movedim(1, -1).reshape(-1, n_classes)
+            keep = torch.is_grad_enabled() and rows.requires_grad
+            loss = _HardFocal.apply(rows, safe_target.reshape(-1), gamma, keep)
+            loss = loss.view(target.shape)
         if weights is not None:
             loss = loss * weights[safe_target[:, 0]]  # alpha[y_i]
     else:
@@ -437,10 +456,13 @@ def sigmoid_focal_loss(
     x = logits.to(_compute_dtype(logits))
     t = targets.detach().to(x.dtype)
     pos = t == 1
-    if t.numel() and bool((pos | (t == 0)).all()):  # 0/1 labels: the fused form
+    # Both tests read the data: while torch.compile traces, the general formula (right
+    # for 0/1 targets too) and no range check.
+    tracing = torch.compiler.is_compiling()
+    if not tracing and t.numel() and bool((pos | (t == 0)).all()):  # 0/1: the fused form
         loss = _HardSigmoidFocal.apply(x, pos, gamma, float(alpha))
     else:
-        if t.numel() and bool(((t < 0) | (t > 1)).any()):
+        if not tracing and t.numel() and bool(((t < 0) | (t > 1)).any()):
             raise ValueError(
                 f"targets must lie in [0, 1], got values in [{float(t.min())}, {float(t.max())}]"
             )
