@@ -334,7 +334,7 @@ def plot_soft_targets(digits: dict, ctx: Context) -> tuple[str, dict[float, floa
                     for t in (1.0, 2.0, 4.0, 8.0, 20.0)}
     fig, axes = plt.subplots(1, 5, figsize=(18, 3.8),
                              gridspec_kw={"width_ratios": [0.8, 1, 1, 1, 1.2]})
-    axes[0].imshow(digits["data"].images["test"][i], cmap="gray_r")
+    axes[0].imshow(digits["data"].images["test"][i].numpy(), cmap="gray_r")
     axes[0].set_title(f"test digit, label {int(digits['data'].y['test'][i])}")
     axes[0].axis("off")
     for ax, t in zip(axes[1:4], FIGURE_TEMPERATURES, strict=True):
