@@ -22,8 +22,6 @@ batch (caching V logits per token of a corpus rarely fits in memory).
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,10 +33,9 @@ from blocklab.data.text import random_batches
 from blocklab.losses.distill import Direction, DistillationLoss
 from blocklab.train.loop import (
     TrainHistory,
-    adamw,
+    _logits,
+    _run,
     check_loop_arguments,
-    cosine_lr,
-    cuda_devices,
     evaluate_classifier,
     evaluate_lm,
 )
@@ -78,16 +75,6 @@ def check_unchanged(module: nn.Module, before: dict[str, tuple[float, float]],
             "(a shared parameter with the student, or a teacher in train mode updating "
             "batch-norm statistics?)"
         )
-
-
-def _logits(out: Any) -> Tensor:
-    if isinstance(out, Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        return out[0]
-    raise TypeError(f"model output must be logits, got {type(out).__name__}")
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -140,83 +127,37 @@ def _distill(
     *,
     next_batch: Callable[[torch.Generator], tuple[Tensor, Tensor, Tensor | None]],
     loss: DistillationLoss,
-    evaluate: Callable[[], tuple[float, float | None]] | None,
-    steps: int,
-    items_per_step: int,
-    lr: float,
-    weight_decay: float,
-    betas: tuple[float, float],
-    warmup: int,
-    grad_clip: float | None,
-    seed: int,
     device: torch.device,
-    eval_every: int | None,
-    progress: Progress | None,
-    desc: str,
+    **loop: Any,
 ) -> TrainHistory:
-    """One loop for classifiers and LMs. ``next_batch`` gives (x, y, cached teacher
-    logits or None); ``history.losses`` records the distillation loss."""
-    student_mode, teacher_mode = student.training, teacher.training
-    student.to(device)
+    """The shared training loop (``blocklab.train.loop._run``) with the teacher's
+    logits as part of the target: ``next_batch`` gives (x, y, cached teacher logits or
+    None), the teacher runs under no_grad where none are cached, and
+    ``history.losses`` records the distillation loss. The teacher is checked unchanged
+    afterwards."""
+    teacher_mode = teacher.training
     teacher.to(device)
     teacher.eval()
     before = fingerprint(teacher)
-    optimizer = adamw(student, lr, weight_decay, betas)
-    generator = torch.Generator().manual_seed(seed)
-    history = TrainHistory()
 
-    def record_eval(step: int) -> None:
-        history.record_eval(step, *evaluate())  # type: ignore[misc]
+    def batch(generator: torch.Generator) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        x, y, cached = next_batch(generator)
+        x = x.to(device, non_blocking=True)
+        if cached is None:
+            with torch.no_grad():
+                target_logits = _logits(teacher(x))
+        else:
+            target_logits = cached.to(device, non_blocking=True)
+        return x, (y, target_logits)
 
-    cuda = cuda_devices(device)
-    start = time.perf_counter()
-    train_seconds = 0.0
     try:
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed)
-            iterator: Iterable[int] = range(steps)
-            if progress is not None:
-                iterator = progress(iterator, desc, total=steps)
-            step = 0
-            for i in iterator:
-                step = i + 1
-                t0 = time.perf_counter()
-                student.train()
-                lr_now = cosine_lr(i, steps=steps, lr=lr, warmup=warmup)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_now
-                x, y, cached = next_batch(generator)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if cached is None:
-                    with torch.no_grad():
-                        target_logits = _logits(teacher(x))
-                else:
-                    target_logits = cached.to(device, non_blocking=True)
-                value = loss(_logits(student(x)), target_logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
-                optimizer.step()
-                loss_value = value.item()
-                train_seconds += time.perf_counter() - t0
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(
-                        f"distillation loss is {loss_value} at step {step} (lr {lr_now:.3g})"
-                    )
-                history.steps.append(step)
-                history.losses.append(loss_value)
-                history.lrs.append(lr_now)
-                if evaluate is not None and eval_every is not None and step % eval_every == 0:
-                    record_eval(step)
-            if evaluate is not None and (not history.eval_steps or history.eval_steps[-1] != step):
-                record_eval(step)
+        history = _run(student, next_batch=batch,
+                       loss_of=lambda logits, yt: loss(logits, yt[1], yt[0]),
+                       device=device, callback=None, regularizer=None,
+                       loss_name="distillation loss", **loop)
     finally:
-        student.train(student_mode)
         teacher.train(teacher_mode)
     check_unchanged(teacher, before)
-    history.seconds = time.perf_counter() - start
-    history.tokens_per_second = len(history.steps) * items_per_step / max(train_seconds, 1e-9)
     return history
 
 

@@ -144,11 +144,19 @@ def check_loop_arguments(steps: int, batch_size: int, lr: float, warmup: int,
         raise ValueError(f"eval_every must be >= 1 or None, got {eval_every}")
 
 
+
+def _to(y: torch.Tensor | tuple[torch.Tensor, ...], device: torch.device):
+    """A target tensor, or a tuple of them, on ``device``."""
+    if isinstance(y, torch.Tensor):
+        return y.to(device, non_blocking=True)
+    return tuple(t.to(device, non_blocking=True) for t in y)
+
+
 def _run(
     model: nn.Module,
     *,
-    next_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]],
-    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    next_batch: Callable[[torch.Generator], tuple[torch.Tensor, Any]],
+    loss_of: Callable[[torch.Tensor, Any], torch.Tensor],
     evaluate: Callable[[], tuple[float, float | None]] | None,
     steps: int,
     items_per_step: int,
@@ -164,8 +172,11 @@ def _run(
     callback: Callback | None,
     regularizer: Regularizer | None,
     desc: str,
+    loss_name: str = "training loss",
 ) -> TrainHistory:
-    """The loop both trainers share: schedule, step, clip, record, evaluate."""
+    """The loop every trainer shares (plain, classifier, distillation): schedule,
+    step, clip, record, evaluate. ``next_batch`` gives (x, y) with y a tensor or a
+    tuple of them (moved to ``device`` here); ``loss_of(logits, y)``."""
     was_training = model.training
     model.to(device)
     optimizer = adamw(model, lr, weight_decay, betas)
@@ -193,7 +204,7 @@ def _run(
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
             x, y = next_batch(generator)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True), _to(y, device)
             loss = loss_of(_logits(model(x)), y)
             total = loss + regularizer(model) if regularizer is not None else loss
             optimizer.zero_grad(set_to_none=True)
@@ -205,7 +216,7 @@ def _run(
             train_seconds += time.perf_counter() - t0
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
-                    f"training loss is {loss_value} at step {step} (lr {lr_now:.3g}); "
+                    f"{loss_name} is {loss_value} at step {step} (lr {lr_now:.3g}); "
                     "lower lr or check the inputs"
                 )
             history.steps.append(step)
