@@ -62,6 +62,16 @@ class Context:
         path = self.figures_dir / name
         return path, str(path.relative_to(self.out_dir))
 
+    def save_figure(self, fig: Any, name: str, dpi: int = 110) -> str:
+        """Save a matplotlib figure as ``figures/<name>.png``, close it, and return its
+        path relative to ``out_dir`` (what an Outcome lists)."""
+        import matplotlib.pyplot as plt
+
+        path, rel = self.figure_path(name)
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        return rel
+
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator seeded from the run seed (offset tells streams apart)."""
         return torch.Generator().manual_seed(self.seed * 1000003 + offset)

@@ -310,9 +310,7 @@ def plot_prediction(points, n_times, d_times, slopes, scale: Scale, ctx: Context
         ax.legend(fontsize=8)
     fig.suptitle(f"Attention cost by part ({ctx.device.type}, 1 thread, fp32)")
     fig.tight_layout()
-    path, rel = ctx.figure_path("cost_prediction")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "cost_prediction")
     return rel
 
 
@@ -353,9 +351,7 @@ def plot_crossover(n_times, n_work, analytic_x: float, measured_x: float | None,
     ax2.set_title("n^2 d share: analytic n / (n + 2d) vs measured")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    path, rel = ctx.figure_path("cost_crossover")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "cost_crossover")
     return rel
 
 
@@ -389,9 +385,7 @@ def plot_real_models(table: dict[str, dict[str, float]], scale: Scale, ctx: Cont
     ax2.set_xlabel("KV cache per token, KiB (bf16)")
     ax2.set_title("KV cache per token: MHA (red), GQA (orange), MQA (green)")
     fig.tight_layout()
-    path, rel = ctx.figure_path("cost_real_models")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "cost_real_models")
     return rel
 
 

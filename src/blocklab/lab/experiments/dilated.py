@@ -169,9 +169,7 @@ def plot_patterns(ctx: Context) -> str:
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
     fig.tight_layout()
-    path, rel = ctx.figure_path("dilated_patterns")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "dilated_patterns")
     return rel
 
 
@@ -258,9 +256,7 @@ def plot_cost(cost: dict[str, dict[int, float]], scale: Scale, ctx: Context) -> 
     fig.suptitle(f"Dense causal SDPA vs dilated attention, w={list(scale.segments)}, "
                  f"r={list(scale.rates)}")
     fig.tight_layout()
-    path, rel = ctx.figure_path("dilated_cost")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "dilated_cost")
     return rel
 
 

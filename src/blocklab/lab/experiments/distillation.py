@@ -355,9 +355,7 @@ def plot_soft_targets(digits: dict, ctx: Context) -> tuple[str, dict[float, floa
     axes[4].legend(fontsize=8)
     fig.suptitle("The teacher's fixed logits through a softmax at three temperatures")
     fig.tight_layout()
-    path, rel = ctx.figure_path("distillation_soft_targets")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "distillation_soft_targets")
     return rel, mean_entropy
 
 
@@ -391,9 +389,7 @@ def plot_digits(digits: dict, scale: Scale, ctx: Context) -> str:
     ax2.set_title(f"Teacher {p:,} vs student {t:,} parameters, student {speed:.1f}x faster")
     ax2.legend()
     fig.tight_layout()
-    path, rel = ctx.figure_path("distillation_digits")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "distillation_digits")
     return rel
 
 
@@ -422,9 +418,7 @@ def plot_lm(lm: dict, scale: Scale, ctx: Context) -> str:
     ax2.set_title(f"Teacher {p:,} vs student {s:,} parameters; student {speed:.1f}x faster",
                   fontsize=10)
     fig.tight_layout()
-    path, rel = ctx.figure_path("distillation_lm")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "distillation_lm")
     return rel
 
 

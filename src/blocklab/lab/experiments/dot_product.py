@@ -352,9 +352,7 @@ def plot_similarity(ctx: Context) -> str:
     ax2.set_title("q . k / sqrt(d) between 3 topics x 2 noisy members")
     fig.colorbar(im, ax=ax2, label="scaled score")
     fig.tight_layout()
-    path, rel = ctx.figure_path("dot_product_similarity")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "dot_product_similarity")
     return rel
 
 
@@ -391,9 +389,7 @@ def plot_saturation(sat: dict[str, dict[int, float]], slope: float, intercept: f
     ax.legend()
     fig.suptitle("Why 1/sqrt(d_k): unscaled scores saturate the softmax as d_k grows")
     fig.tight_layout()
-    path, rel = ctx.figure_path("dot_product_saturation")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "dot_product_saturation")
     return rel
 
 
@@ -428,9 +424,7 @@ def plot_speed_quality(speed: dict[int, tuple[float, float]],
                   f"{len(curves['dot'])} seed(s)")
     ax2.legend()
     fig.tight_layout()
-    path, rel = ctx.figure_path("dot_product_speed_quality")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "dot_product_speed_quality")
     return rel
 
 

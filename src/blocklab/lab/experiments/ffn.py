@@ -318,9 +318,7 @@ def plot_diagram(scale: Scale, ctx: Context) -> str:
     fig.suptitle("The FFN block at matched parameters: plain vs gated (Shazeer 2020)",
                  fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path, rel = ctx.figure_path("ffn_diagram")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "ffn_diagram")
     return rel
 
 
@@ -366,9 +364,7 @@ def plot_sweep(sweeps: dict[str, dict[int, list[Run]]], scale: Scale, ctx: Conte
                  f"{scale.seeds} seed(s) ({BASELINE} r={scale.expansion}: "
                  f"{max(scale.seeds, scale.baseline_seeds)})", fontsize=12)
     fig.tight_layout()
-    path, rel = ctx.figure_path("ffn_expansion")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "ffn_expansion")
     return rel
 
 
@@ -410,9 +406,7 @@ def plot_activations(acts: dict[str, list[Run]], scale: Scale, ctx: Context) -> 
     ax2.set_title("Reference: Shazeer 2020, T5-base, 65k steps")
     fig.suptitle("FFN activation variants at matched parameters (lower is better)", fontsize=12)
     fig.tight_layout()
-    path, rel = ctx.figure_path("ffn_activations")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "ffn_activations")
     return rel
 
 

@@ -170,9 +170,7 @@ def plot_curves(curves: dict[str, np.ndarray], p_t: np.ndarray,
     ax2.set_title("How much less an example counts under FL")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    path, rel = ctx.figure_path("focal_loss_curves")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "focal_loss_curves")
     return rel
 
 
@@ -408,9 +406,7 @@ def plot_benchmark(bench: dict[str, dict], chosen: dict[str, str], ctx: Context)
         ax.legend(fontsize=7, loc="upper left", ncol=2)
     fig.suptitle("Imbalanced benchmark: cross entropy, weighted CE and focal loss")
     fig.tight_layout()
-    path, rel = ctx.figure_path("focal_imbalance")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "focal_imbalance")
     return rel
 
 
@@ -436,9 +432,7 @@ def plot_grid(bench: dict[str, dict], scale: Scale, ctx: Context) -> str:
         fig.colorbar(im, ax=ax)
     fig.suptitle("Focal loss gamma x alpha grid (gamma=0, alpha=none is CE)")
     fig.tight_layout()
-    path, rel = ctx.figure_path("focal_grid")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "focal_grid")
     return rel
 
 
@@ -460,9 +454,7 @@ def plot_noise(noise: dict[str, dict[float, list[float]]], tail: dict[str, dict[
     ax1.set_title("Label noise on long-tailed digits")
     ax2.set_title("... on the tail classes")
     fig.tight_layout()
-    path, rel = ctx.figure_path("focal_noise")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "focal_noise")
     return rel
 
 

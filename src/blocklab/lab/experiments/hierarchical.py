@@ -296,9 +296,7 @@ def plot_heat_maps(examples: list[tuple[str, DocumentClassifier, DocumentSet, in
     fig.suptitle("HAN attention: sentence weight (red column) and word weight x "
                  "sqrt(sentence weight) (blue); first 14 words of each sentence", fontsize=10)
     fig.tight_layout()
-    path, rel = ctx.figure_path("hierarchical_attention")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "hierarchical_attention")
     return rel
 
 
@@ -335,9 +333,7 @@ def plot_cost_accuracy(acc: dict[str, dict[str, float]], cost: dict[str, dict[in
     axes[1].set_title(f"Time vs length, batch {scale.cost_batch}, d={scale.d_model}")
     axes[2].set_title("Memory vs length")
     fig.tight_layout()
-    path, rel = ctx.figure_path("hierarchical_cost_accuracy")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "hierarchical_cost_accuracy")
     return rel
 
 

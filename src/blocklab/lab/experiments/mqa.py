@@ -346,9 +346,7 @@ def plot_memory_speed(cache, times, bandwidth: float, step_bytes, scale: Scale,
                   f"a step reads")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    path, rel = ctx.figure_path("mqa_memory_speed")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "mqa_memory_speed")
     return rel
 
 
@@ -391,9 +389,7 @@ def plot_quality(losses: dict[str, float], curve: dict[int, dict[int, float]],
     ax2.set_title(f"Uptraining after mean-pooling (peak lr {scale.lr:g})", fontsize=10)
     ax2.legend(fontsize=7.5)
     fig.tight_layout()
-    path, rel = ctx.figure_path("mqa_quality")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "mqa_quality")
     return rel
 
 

@@ -336,9 +336,7 @@ def plot_decay(distances: torch.Tensor, curves: dict[str, torch.Tensor],
     ax3.set_title("Relative property: <R_(s+7) q, R_s k> vs s")
     ax3.legend(fontsize=8)
     fig.tight_layout()
-    path, rel_path = ctx.figure_path("rope_decay_relative")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel_path = ctx.save_figure(fig, "rope_decay_relative")
     return rel_path
 
 
@@ -374,9 +372,7 @@ def plot_extrapolation(ppl: dict[str, dict[int, float]], scale: Scale, ctx: Cont
                  f"({scale.finetune_steps} steps at {scale.finetune_factor}L)", fontsize=10)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    path, rel = ctx.figure_path("rope_extrapolation")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "rope_extrapolation")
     return rel
 
 

@@ -519,9 +519,7 @@ def plot_l1(runs: list[L1Run], ctx: Context) -> str:
                bbox_to_anchor=(0.5, -0.16), ncol=2)
     ax3.set_title("Share of near-zero weights and accuracy")
     fig.tight_layout()
-    path, rel = ctx.figure_path("sparsity_l1_histograms")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "sparsity_l1_histograms")
     return rel
 
 
@@ -549,9 +547,7 @@ def plot_relu(mlp_run: L1Run, lm: LMResult, ctx: Context) -> str:
     ax1.set_ylabel("activations exactly zero (%)")
     ax1.set_ylim(0, 100)
     fig.tight_layout()
-    path, rel = ctx.figure_path("sparsity_relu_activations")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "sparsity_relu_activations")
     return rel
 
 
@@ -600,9 +596,7 @@ def plot_pruning(curve: dict[str, dict[float, float]], reference: float, toleran
     ax2.legend(fontsize=8)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    path, rel = ctx.figure_path("sparsity_pruning")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "sparsity_pruning")
     return rel
 
 
@@ -628,9 +622,7 @@ def plot_speed(speed: dict[float, dict[str, float]], scale: Scale, ctx: Context)
     ax.legend(fontsize=9)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    path, rel = ctx.figure_path("sparsity_speed")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    rel = ctx.save_figure(fig, "sparsity_speed")
     return rel
 
 
