@@ -22,3 +22,14 @@ def test_gapped_input_gives_a_dense_result_in_its_order():
     y = empty_like_layout(q)
     assert y.stride() == (60, 4, 12, 1)
     assert y.untyped_storage().nbytes() == q.numel() * q.element_size()
+
+
+def test_row_spans_cover_the_rows_in_per_thread_sized_blocks(monkeypatch):
+    from blocklab._alloc import row_spans, rows_per_block
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert rows_per_block(10, 64) == 12  # 2 threads x 64 elements / 10 per row
+    assert rows_per_block(1000, 64) == 1  # a row longer than a block is one block
+    spans = row_spans(30, 10, 64)
+    assert spans == [(0, 12), (12, 24), (24, 30)]
+    assert row_spans(0, 10, 64) == []

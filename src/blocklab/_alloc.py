@@ -1,5 +1,5 @@
-"""Buffers for kernels: fresh tensors laid out like an existing one, and reusable
-per-thread scratch space for blocked loops.
+"""Buffers for kernels: fresh tensors laid out like an existing one, reusable
+per-thread scratch space for blocked loops, and the row blocks those loops take.
 
 Tried and left out: putting fresh output buffers on transparent huge pages
 (``madvise(MADV_HUGEPAGE)``, what ``THP_MEM_ALLOC_ENABLE=1`` does in PyTorch). On the
@@ -26,6 +26,20 @@ def empty_like_layout(x: torch.Tensor) -> torch.Tensor:
     for i, d in enumerate(order):
         inverse[d] = i
     return buf.permute(inverse)
+
+
+
+def rows_per_block(row_len: int, elems_per_thread: int) -> int:
+    """Rows of ``row_len`` elements per block of a blocked loop: about
+    ``elems_per_thread`` elements for each torch intra-op thread (so each thread's share
+    of an op stays in its cache), at least one row."""
+    return max(1, elems_per_thread * torch.get_num_threads() // max(row_len, 1))
+
+
+def row_spans(n_rows: int, row_len: int, elems_per_thread: int) -> list[tuple[int, int]]:
+    """(start, stop) of the row blocks ``rows_per_block`` cuts ``n_rows`` rows into."""
+    step = rows_per_block(row_len, elems_per_thread)
+    return [(r0, min(n_rows, r0 + step)) for r0 in range(0, n_rows, step)]
 
 
 _SCRATCH = threading.local()

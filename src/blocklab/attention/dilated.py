@@ -40,6 +40,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from blocklab._alloc import rows_per_block
 from blocklab.attention.functional import check_qkv
 from blocklab.attention.multihead import head_layout
 
@@ -151,7 +152,7 @@ def _groups(plan: list[tuple[int, int, int]], H: int, L_max: int, D: int,
     for m, parts in by_m.items():
         rows = torch.cat([rows for _, rows in parts])
         pattern = torch.cat([torch.full((len(rows),), p, device=device) for p, rows in parts])
-        step = max(1, _GATHER_ELEMS_PER_THREAD * torch.get_num_threads() // (m * D))
+        step = rows_per_block(m * D, _GATHER_ELEMS_PER_THREAD)
         pieces += list(zip(rows.split(step), pattern.split(step), strict=True))
     return pieces
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from blocklab._alloc import row_spans
+
 __all__ = ["kd_loss", "DistillationLoss"]
 
 Direction = Literal["forward", "reverse"]
@@ -86,7 +88,7 @@ class _ForwardKL(torch.autograd.Function):
         kl = torch.empty(N, dtype=s.dtype, device=s.device)
         diff = torch.empty((N, C), dtype=s.dtype, device=s.device) if keep else None
         inv_t = 1.0 / temperature
-        for r0, r1 in _blocks(N, C):
+        for r0, r1 in row_spans(N, C, _KD_BLOCK_PER_THREAD):
             log_q, log_p, p = _softened(s[r0:r1], t[r0:r1], inv_t)
             terms = (log_p - log_q).mul_(p).masked_fill_(p == 0, 0.0)
             torch.sum(terms, 1, out=kl[r0:r1])
@@ -103,15 +105,10 @@ class _ForwardKL(torch.autograd.Function):
         if diff is None:  # a second backward through a retained graph: recompute
             s, t = ctx.saved_tensors
             diff = torch.empty_like(s)
-            for r0, r1 in _blocks(*s.shape):
+            for r0, r1 in row_spans(*s.shape, _KD_BLOCK_PER_THREAD):
                 log_q, _, p = _softened(s[r0:r1], t[r0:r1], ctx.inv_t)
                 torch.sub(log_q.exp_(), p, out=diff[r0:r1])
         return diff.mul_(grad[:, None].to(diff.dtype) * ctx.inv_t), None, None, None
-
-
-def _blocks(N: int, C: int) -> list[tuple[int, int]]:
-    step = max(1, _KD_BLOCK_PER_THREAD * torch.get_num_threads() // max(C, 1))
-    return [(r0, min(N, r0 + step)) for r0 in range(0, N, step)]
 
 
 def _softened(s: Tensor, t: Tensor, inv_t: float) -> tuple[Tensor, Tensor, Tensor]:

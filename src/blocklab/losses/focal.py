@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from blocklab._alloc import scratch
+from blocklab._alloc import row_spans, scratch
 
 __all__ = [
     "focal_loss",
@@ -163,10 +163,6 @@ def _class_alpha(alpha: float | Tensor | None, n_classes: int, ref: Tensor) -> T
 _FOCAL_BLOCK_PER_THREAD = 1 << 18
 
 
-def _rows_per_block(C: int) -> int:
-    return max(1, _FOCAL_BLOCK_PER_THREAD * torch.get_num_threads() // max(C, 1))
-
-
 class _HardFocal(torch.autograd.Function):
     """Per-row focal loss ``-(1 - p_t)^gamma log p_t`` for (N, C) logits and hard
     targets, in blocks of rows; (N,) losses.
@@ -190,9 +186,7 @@ class _HardFocal(torch.autograd.Function):
         t = target[:, None]
         m, log_r, e_t = (torch.empty(N, 1, dtype=z.dtype, device=z.device) for _ in range(3))
         e_all = torch.empty((N, C), dtype=z.dtype, device=z.device) if keep else None
-        step = _rows_per_block(C)
-        for r0 in range(0, N, step):
-            r1 = min(N, r0 + step)
+        for r0, r1 in row_spans(N, C, _FOCAL_BLOCK_PER_THREAD):
             zb, tb = z[r0:r1], t[r0:r1]
             e = e_all[r0:r1] if keep else scratch("focal", zb.shape, z.dtype, z.device)
             torch.amax(zb, 1, keepdim=True, out=m[r0:r1])
