@@ -210,6 +210,15 @@ class HANEncoder(nn.Module):
         return HierarchicalOutput(doc, word_w.view(B, S, W), sent_w)
 
 
+def check_encoder_shape(d_model: int, n_layers: int) -> None:
+    """What the transformer encoders here need: a layer at least, and an even width
+    (sinusoidal positions)."""
+    if n_layers < 1:
+        raise ValueError(f"n_layers ({n_layers}) must be >= 1")
+    if d_model % 2:
+        raise ValueError(f"d_model ({d_model}) must be even (sinusoidal positions)")
+
+
 class EncoderLayer(nn.Module):
     """A pre-norm bidirectional transformer layer: x + Attn(LN(x)), then x + FFN(LN(x)).
 
@@ -261,10 +270,7 @@ class HierarchicalTransformerEncoder(nn.Module):
     def __init__(self, d_model: int, n_heads: int, *, n_layers: int = 2,
                  ffn_expansion: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_layers ({n_layers}) must be >= 1")
-        if d_model % 2:
-            raise ValueError(f"d_model ({d_model}) must be even (sinusoidal positions)")
+        check_encoder_shape(d_model, n_layers)
         self.d_out = d_model
         self.summary = nn.Parameter(torch.randn(d_model) * 0.02)
         kw = dict(ffn_expansion=ffn_expansion, dropout=dropout)

@@ -30,6 +30,7 @@ from blocklab.attention.hierarchical import (
     HANEncoder,
     HierarchicalOutput,
     HierarchicalTransformerEncoder,
+    check_encoder_shape,
     compact,
 )
 from blocklab.position.sinusoidal import sinusoidal_embedding
@@ -70,10 +71,7 @@ class FlatTransformerEncoder(nn.Module):
     def __init__(self, d_model: int, n_heads: int, *, n_layers: int = 2,
                  ffn_expansion: float = 4.0, dropout: float = 0.0) -> None:
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_layers ({n_layers}) must be >= 1")
-        if d_model % 2:
-            raise ValueError(f"d_model ({d_model}) must be even (sinusoidal positions)")
+        check_encoder_shape(d_model, n_layers)
         self.d_out = d_model
         self.layers = nn.ModuleList(
             EncoderLayer(d_model, n_heads, ffn_expansion=ffn_expansion, dropout=dropout)
