@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from blocklab.lab import experiments as registry
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, verdict_of
 from blocklab.lab.experiments import sparsity as sp
 
 
@@ -53,9 +53,9 @@ def test_experiment_identity() -> None:
 
 
 def test_sub_verdicts_and_their_combination() -> None:
-    assert sp.sub_verdict({"a": True, "b": True}) == "supported"
-    assert sp.sub_verdict({"a": True, "b": False}) == "partly"
-    assert sp.sub_verdict({"a": False, "b": False}) == "not supported"
+    assert verdict_of({"a": True, "b": True}) == "supported"
+    assert verdict_of({"a": True, "b": False}) == "partly"
+    assert verdict_of({"a": False, "b": False}) == "not supported"
     assert sp.combine({"x": "supported", "y": "supported"}) == "supported"
     assert sp.combine({"x": "supported", "y": "partly"}) == "partly"
     assert sp.combine({"x": "not supported", "y": "not supported"}) == "not supported"

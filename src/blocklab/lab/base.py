@@ -102,6 +102,13 @@ class Experiment:
     run: Callable[[Context], Outcome]
 
 
+def verdict_of(checks: dict[str, bool]) -> Verdict:
+    """The lab's rule: every check holds -> supported, some -> partly, none -> not
+    supported."""
+    held = sum(checks.values())
+    return "supported" if held == len(checks) else "partly" if held else "not supported"
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run a block with ``n`` torch intra-op threads (None: unchanged), then restore."""

@@ -47,7 +47,13 @@ from blocklab.cost.flops import attention_cost, crossover_seq_len, transformer_c
 from blocklab.cost.memory import kv_cache_bytes  # noqa: E402
 from blocklab.cost.presets import REAL_MODELS, model_config  # noqa: E402
 from blocklab.ffn import FeedForward  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.base import (  # noqa: E402
+    Context,
+    Experiment,
+    Outcome,
+    torch_threads,
+    verdict_of,
+)
 
 PARTS = ("projections", "scores", "softmax", "av")
 
@@ -467,7 +473,7 @@ def run(ctx: Context) -> Outcome:
         "crossover": crossover_ok,
     }
     held = sum(checks.values())
-    verdict = "supported" if held == len(checks) else "partly" if held else "not supported"
+    verdict = verdict_of(checks)
 
     def mark(name: str) -> str:
         return "holds" if checks[name] else "fails"

@@ -50,7 +50,13 @@ from blocklab.attention.dilated import (  # noqa: E402
     pattern_attention,
 )
 from blocklab.data import corpus_tokens, iterate_eval_batches  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.base import (  # noqa: E402
+    Context,
+    Experiment,
+    Outcome,
+    torch_threads,
+    verdict_of,
+)
 from blocklab.lab.measure import peak_memory_bytes  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.train import train_lm  # noqa: E402
@@ -386,7 +392,7 @@ def run(ctx: Context) -> Outcome:
         "gradients": ours_err <= MAX_GRAD_ERROR and nograd_err >= MIN_NOGRAD_ERROR,
     }
     held = sum(checks.values())
-    verdict = "supported" if held == len(checks) else "partly" if held else "not supported"
+    verdict = verdict_of(checks)
 
     def mark(name: str) -> str:
         return "holds" if checks[name] else "fails"

@@ -48,7 +48,13 @@ from sklearn.datasets import load_digits  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from blocklab.data import corpus_tokens  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.base import (  # noqa: E402
+    Context,
+    Experiment,
+    Outcome,
+    torch_threads,
+    verdict_of,
+)
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.train import (  # noqa: E402
     TrainHistory,
@@ -487,7 +493,7 @@ def _run(ctx: Context, scale: Scale) -> Outcome:
     for k, v in checks.items():
         metrics[f"check_{k}"] = "holds" if v else "fails"
     held = sum(checks.values())
-    verdict = "supported" if held == len(checks) else "partly" if held else "not supported"
+    verdict = verdict_of(checks)
 
     def tag(ok: bool) -> str:
         return "holds" if ok else "fails"

@@ -42,7 +42,12 @@ from blocklab.attention.functional import (  # noqa: E402
     attention_weights,
     scaled_dot_product_attention,
 )
-from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
+from blocklab.lab.base import (  # noqa: E402
+    Context,
+    Experiment,
+    Outcome,
+    verdict_of,
+)
 
 
 @dataclass(frozen=True)
@@ -485,7 +490,7 @@ def run(ctx: Context) -> Outcome:
         "saturation": entropy_ratio <= MAX_ENTROPY_RATIO and grad_ratio <= MAX_GRAD_RATIO,
     }
     held = sum(checks.values())
-    verdict = "supported" if held == len(checks) else "partly" if held else "not supported"
+    verdict = verdict_of(checks)
 
     speed_txt = ", ".join(f"T=S={t}: {add:.2f} vs {dot:.2f} ms ({add / dot:.1f}x)"
                           for t, (dot, add) in sorted(speed.items()))

@@ -48,7 +48,13 @@ from blocklab.data.documents import (  # noqa: E402
     parse_document,
     synthetic_documents,
 )
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.base import (  # noqa: E402
+    Context,
+    Experiment,
+    Outcome,
+    torch_threads,
+    verdict_of,
+)
 from blocklab.lab.measure import peak_memory_bytes  # noqa: E402
 from blocklab.models.classifier import (  # noqa: E402
     CLASSIFIER_KINDS,
@@ -430,7 +436,7 @@ def run(ctx: Context) -> Outcome:
         "attention": lift >= MIN_ATTENTION_LIFT,
     }
     held = sum(checks.values())
-    verdict = "supported" if held == len(checks) else "partly" if held else "not supported"
+    verdict = verdict_of(checks)
 
     def mark(name: str) -> str:
         return "holds" if checks[name] else "fails"

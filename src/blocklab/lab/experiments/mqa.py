@@ -51,7 +51,13 @@ import torch  # noqa: E402
 
 from blocklab.cost.memory import decode_step_bytes, kv_cache_bytes  # noqa: E402
 from blocklab.data import corpus_tokens  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.base import (  # noqa: E402
+    Context,
+    Experiment,
+    Outcome,
+    torch_threads,
+    verdict_of,
+)
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.models.convert import convert_kv_heads  # noqa: E402
 from blocklab.train import evaluate_lm, train_lm  # noqa: E402
@@ -502,7 +508,7 @@ def run(ctx: Context) -> Outcome:
         "conversion": recovered > 0 and converted_gap <= MAX_CONVERTED_GAP,
     }
     held = sum(checks.values())
-    verdict = "supported" if held == len(checks) else "partly" if held else "not supported"
+    verdict = verdict_of(checks)
 
     def mark(name: str) -> str:
         return "holds" if checks[name] else "fails"

@@ -51,7 +51,14 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from blocklab.data import corpus_tokens  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, Verdict, torch_threads  # noqa: E402
+from blocklab.lab.base import (  # noqa: E402
+    Context,
+    Experiment,
+    Outcome,
+    Verdict,
+    torch_threads,
+    verdict_of,
+)
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.sparsity import (  # noqa: E402
     GradualPruner,
@@ -423,11 +430,6 @@ def measure_speed(scale: Scale, ctx: Context) -> dict[float, dict[str, float]]:
 
 # -------------------------------------------------------------------------- verdicts
 
-def sub_verdict(checks: dict[str, bool]) -> Verdict:
-    held = sum(checks.values())
-    return "supported" if held == len(checks) else "partly" if held else "not supported"
-
-
 def combine(verdicts: dict[str, Verdict]) -> Verdict:
     values = list(verdicts.values())
     if all(v == "supported" for v in values):
@@ -734,10 +736,10 @@ def _run(scale: Scale, ctx: Context) -> Outcome:
     }
 
     verdicts: dict[str, Verdict] = {
-        "l1": sub_verdict(checks_l1),
-        "relu": sub_verdict(checks_relu),
-        "pruning": sub_verdict(checks_prune),
-        "speed": sub_verdict(checks_speed),
+        "l1": verdict_of(checks_l1),
+        "relu": verdict_of(checks_relu),
+        "pruning": verdict_of(checks_prune),
+        "speed": verdict_of(checks_speed),
     }
     verdict = combine(verdicts)
     for name, v in verdicts.items():
