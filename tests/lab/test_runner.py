@@ -12,8 +12,9 @@ import torch
 
 from blocklab.lab import experiments as registry
 from blocklab.lab.base import Context, Experiment, Outcome
+from blocklab.lab.estimate import Check, exact, mean_ci
 from blocklab.lab.report import _format, flatten
-from blocklab.lab.runner import run_lab, to_jsonable
+from blocklab.lab.runner import estimated_seconds, run_lab, to_jsonable
 
 
 def _ok(ctx: Context) -> Outcome:
@@ -86,7 +87,9 @@ def test_results_json_structure(tmp_path: Path) -> None:
                            "figures", "seconds", "command"}
     assert record["verdict"] == "supported"
     assert record["card"] == "DL9999" and record["claim"] == "It works."
-    assert record["command"] == "blocklab lab fake_ok --quick"
+    assert record["command"] == f"blocklab lab fake_ok --quick --out {tmp_path}"
+    assert record["run"]["seed"] == 0 and record["run"]["scale"] == "quick"
+    assert record["run"]["date"] and "load_average" in record["run"]
     assert record["seconds"] >= 0
     assert result.records == results["experiments"]
 
@@ -94,7 +97,8 @@ def test_results_json_structure(tmp_path: Path) -> None:
 def test_full_scale_and_seed_in_command(tmp_path: Path) -> None:
     _, results, _ = _run(["fake_ok"], tmp_path, quick=False, seed=3)
     assert results["environment"]["scale"] == "full"
-    assert results["experiments"][0]["command"] == "blocklab lab fake_ok --full --seed 3"
+    assert results["experiments"][0]["command"] == (
+        f"blocklab lab fake_ok --full --out {tmp_path} --seed 3")
 
 
 def test_failure_does_not_stop_the_next(tmp_path: Path) -> None:
@@ -198,3 +202,65 @@ def test_threads_set_around_each_experiment_and_restored(tmp_path):
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match=r"threads \(0\) must be >= 1"):
         run_lab(["fake_random"], out_dir=tmp_path / "z", progress=False, threads=0)
+
+
+def _checked(ctx: Context) -> Outcome:
+    """Two counted checks (one holds, one inconclusive) and one context check."""
+    clear = mean_ci([1.0, 1.1, 0.9, 1.05])
+    wide = mean_ci([0.2, 1.8, 1.0])
+    checks = [Check("clear", clear, ">=", 0.5, why="half the effect"),
+              Check("wide", wide, ">=", 0.5, why="same"),
+              Check("formula", exact(2.0), "in", (1.9, 2.1), counted=False)]
+    return Outcome(metrics={"clear": clear}, evidence="two checks", checks=checks)
+
+
+def test_checks_stored_with_intervals_and_rendered(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry._REGISTRY_OVERRIDES, "fake_checked",
+                        Experiment("fake_checked", "DL9996", "Checked", "Checks.", _checked))
+    _, results, html = _run(["fake_checked"], tmp_path)
+    (record,) = results["experiments"]
+    assert record["verdict"] == "inconclusive"
+    clear, wide, formula = record["checks"]
+    assert clear["status"] == "holds" and wide["status"] == "inconclusive"
+    assert formula["counted"] is False and formula["threshold"] == [1.9, 2.1]
+    assert clear["estimate"]["samples"] == [1.0, 1.1, 0.9, 1.05]
+    assert clear["estimate"]["low"] < clear["estimate"]["value"] < clear["estimate"]["high"]
+    assert record["metrics"]["clear"]["n"] == 4
+    assert "formula (context)" in html and "estimate [95% interval]" in html
+    assert ">inconclusive<" in html and "half the effect" in html
+    for verdict in ("supported", "partly", "inconclusive", "not supported"):
+        assert f">{verdict}</span></td><td>" in html  # the legend explains each verdict
+
+
+def test_rerun_updates_the_report_and_keeps_the_rest(tmp_path: Path) -> None:
+    _run(["fake_random", "fake_ok"], tmp_path, seed=1)
+    first = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    _, results, html = _run(["fake_random"], tmp_path, seed=2)
+    ids = [r["id"] for r in results["experiments"]]
+    assert ids == ["fake_random", "fake_ok"]
+    rerun, kept = results["experiments"]
+    assert rerun["run"]["seed"] == 2 and kept["run"]["seed"] == 1
+    assert kept == first["experiments"][1]
+    assert rerun["metrics"]["value"] != first["experiments"][0]["metrics"]["value"]
+    assert 'id="exp-fake_ok"' in html and "seed 1" in html and "seed 2" in html
+
+
+def test_unreadable_report_is_replaced_with_a_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "results.json").write_text("{not json", encoding="utf-8")
+    run_lab(["fake_ok"], out_dir=tmp_path, progress=True)
+    assert "cannot be read" in capsys.readouterr().err
+    results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert [r["id"] for r in results["experiments"]] == ["fake_ok"]
+
+
+def test_expected_time_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    timed = Experiment("fake_timed", "DL9995", "Timed", "T.", _ok,
+                       seconds={"quick": 30.0, "full": 1800.0})
+    monkeypatch.setitem(registry._REGISTRY_OVERRIDES, "fake_timed", timed)
+    assert estimated_seconds(["fake_timed"], quick=False) == 1800.0
+    assert estimated_seconds(["fake_timed", "fake_ok"], quick=True) is None
+    run_lab(["fake_timed"], out_dir=tmp_path, quick=False, progress=True)
+    assert "expected about 30 min" in capsys.readouterr().err

@@ -2,8 +2,9 @@
 
 An experiment is a short recipe: it receives a :class:`Context` (scale, device,
 seed, where to write figures, a progress wrapper), measures, and returns an
-:class:`Outcome` whose ``verdict`` is computed from the ``metrics`` it carries by a
-rule written in the experiment itself -- never a constant.
+:class:`Outcome` whose ``checks`` compare measured estimates (with their intervals,
+:mod:`blocklab.lab.estimate`) with thresholds named in the experiment; the verdict
+is computed from those checks by :func:`verdict_of` -- never a constant.
 """
 
 from __future__ import annotations
@@ -12,12 +13,22 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-Verdict = Literal["supported", "partly", "not supported"]
-VERDICTS: tuple[str, ...] = ("supported", "partly", "not supported")
+from blocklab.lab.estimate import Check, Verdict
+from blocklab.lab.estimate import verdict_of as _verdict_of_checks
+
+VERDICTS: tuple[str, ...] = ("supported", "partly", "inconclusive", "not supported")
+VERDICT_MEANING: dict[str, str] = {
+    "supported": "every counted check holds: its whole 95% interval is on the claimed side "
+                 "of the threshold",
+    "partly": "some checks hold and some fail (their whole interval is on the wrong side)",
+    "inconclusive": "no check fails, but at least one interval straddles its threshold: "
+                    "this scale cannot tell; more repetitions or the full scale may",
+    "not supported": "no check holds and at least one fails",
+}
 
 T = TypeVar("T")
 
@@ -76,17 +87,31 @@ class Context:
         """A CPU generator seeded from the run seed (offset tells streams apart)."""
         return torch.Generator().manual_seed(self.seed * 1000003 + offset)
 
+    def seeds(self, n: int) -> list[int]:
+        """``n`` independent repetition seeds derived from the run seed: runs at base
+        seeds 0, 1, 2 get disjoint sets."""
+        if n < 1:
+            raise ValueError(f"n ({n}) must be >= 1")
+        return [self.seed * 1000 + i for i in range(n)]
+
 
 @dataclass
 class Outcome:
-    """What an experiment returns: numbers, the verdict derived from them, figures."""
+    """What an experiment returns: numbers, the checks on them, figures.
+
+    ``verdict`` defaults to :func:`verdict_of` over ``checks``; pass it only when an
+    experiment combines sub-verdicts by a rule of its own (which it must document).
+    """
 
     metrics: dict[str, Any]
-    verdict: Verdict
     evidence: str
+    checks: list[Check] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    verdict: Verdict | None = None
 
     def __post_init__(self) -> None:
+        if self.verdict is None:
+            self.verdict = verdict_of(self.checks)
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict ({self.verdict!r}) must be one of {VERDICTS}")
 
@@ -100,13 +125,19 @@ class Experiment:
     title: str
     claim: str
     run: Callable[[Context], Outcome]
+    # Seconds on 2 idle CPU cores, measured and written down by hand: the runner prints
+    # their sum before a run and `blocklab lab --help` lists them.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
-def verdict_of(checks: dict[str, bool]) -> Verdict:
-    """The lab's rule: every check holds -> supported, some -> partly, none -> not
-    supported."""
-    held = sum(checks.values())
-    return "supported" if held == len(checks) else "partly" if held else "not supported"
+def verdict_of(checks: Iterable[Check] | dict[str, bool]) -> Verdict:
+    """:func:`blocklab.lab.estimate.verdict_of`; a dict of booleans (the rule before
+    intervals: all -> supported, some -> partly, none -> not supported) is still read
+    while experiments move to checks with intervals."""
+    if isinstance(checks, dict):
+        held = sum(checks.values())
+        return "supported" if held == len(checks) else "partly" if held else "not supported"
+    return _verdict_of_checks(checks)
 
 
 @contextlib.contextmanager

@@ -12,11 +12,16 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from blocklab.lab.base import VERDICT_MEANING
+
 _COLOURS = {
     "supported": "#1a7f37",
     "partly": "#9a6700",
+    "inconclusive": "#6e7781",
     "not supported": "#bc4c00",
     "error": "#cf222e",
+    "holds": "#1a7f37",
+    "fails": "#bc4c00",
 }
 
 _CSS = """
@@ -30,6 +35,8 @@ font-weight:600;white-space:nowrap}.card{color:#656d76;font-weight:normal;font-s
 .env td:first-child{font-weight:600}img{max-width:100%;border:1px solid #d0d7de;margin:.5em 0}
 pre{background:#fff0f0;padding:1em;overflow-x:auto;font-size:.85em}
 code{background:#f6f8fa;padding:.1em .3em}
+.run{color:#656d76;font-size:.85em}tr.context td{color:#656d76}
+details{margin:1em 0}summary{cursor:pointer;color:#0969da}
 """
 
 
@@ -93,6 +100,8 @@ def _summary(records: list[dict[str, Any]]) -> str:
             escape(r.get("title") or ""),
             _badge(r["verdict"]),
             f'{r.get("seconds", 0.0):.1f}',
+            escape(" ".join(str((r.get("run") or {}).get(k) or "") for k in ("date", "scale"))
+                   + f" seed {(r.get('run') or {}).get('seed')}"),
         )
         for r in records
     ]
@@ -100,7 +109,70 @@ def _summary(records: list[dict[str, Any]]) -> str:
     for r in records:
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
     totals = ", ".join(f"{n} {escape(v)}" for v, n in counts.items()) or "no experiments run"
-    return f"<p>{totals}</p>" + _table(rows, ("id", "title", "verdict", "seconds"))
+    return f"<p>{totals}</p>" + _table(rows, ("id", "title", "verdict", "seconds", "run"))
+
+
+def _interval(estimate: dict[str, Any]) -> str:
+    """``value [low, high]`` of a stored estimate (None ends are unbounded)."""
+    value = estimate.get("value")
+    if value is None:
+        return "—"
+    low, high = estimate.get("low"), estimate.get("high")
+    if low == high and low is not None:
+        return _number(value)
+    ends = [_number(e) if e is not None else s for e, s in ((low, "-inf"), (high, "inf"))]
+    return f"{_number(value)} [{ends[0]}, {ends[1]}]"
+
+
+def _threshold(check: dict[str, Any]) -> str:
+    threshold = check.get("threshold")
+    if check.get("op") == "in" and isinstance(threshold, list):
+        return f"in [{_number(threshold[0])}, {_number(threshold[1])}]"
+    return f"{check.get('op', '')} {_format(threshold)}"
+
+
+def _checks_table(checks: list[dict[str, Any]]) -> str:
+    """The checks behind the verdict: estimate with its 95% interval, threshold, status;
+    context rows (not counted) greyed."""
+    body = []
+    for check in checks:
+        est = check.get("estimate") or {}
+        counted = check.get("counted", True)
+        status = check.get("status", "")
+        cells = (
+            escape(str(check.get("name", ""))) + ("" if counted else " (context)"),
+            escape(_interval(est)),
+            escape(f"{est.get('n', '')} ({est.get('method', '')})"),
+            escape(_threshold(check)),
+            _badge(status) if counted else escape(status),
+            escape(check.get("why") or ""),
+        )
+        cls = "" if counted else ' class="context"'
+        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in (
+        "check", "estimate [95% interval]", "repetitions", "threshold", "status", "why"))
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _run_line(record: dict[str, Any]) -> str:
+    run = record.get("run") or {}
+    parts = [f"{k} {run[k]}" for k in ("date", "scale", "seed", "device", "threads")
+             if run.get(k) is not None]
+    if run.get("git_commit"):
+        parts.append(f"commit {str(run['git_commit'])[:10]}")
+    if run.get("load_average"):
+        parts.append("load average " + " / ".join(f"{x:g}" for x in run["load_average"]))
+    return f'<p class="run">Run: {escape(", ".join(parts))}</p>' if parts else ""
+
+
+def _legend() -> str:
+    rows = [(_badge(v), escape(meaning)) for v, meaning in VERDICT_MEANING.items()]
+    return ("<p>Each verdict is computed from the experiment's checks. A check compares a "
+            "measured estimate's 95% interval (over repeated seeds or interleaved timings) "
+            "with a threshold named in the experiment: it <b>holds</b> when the whole "
+            "interval is on the claimed side, <b>fails</b> when the whole interval is on the "
+            "other side, and is <b>inconclusive</b> otherwise. Context rows hold by "
+            "construction and are shown, not counted.</p>" + _table(rows, ("verdict", "means")))
 
 
 def _section(record: dict[str, Any]) -> str:
@@ -114,16 +186,21 @@ def _section(record: dict[str, Any]) -> str:
         parts.append(f'<p class="claim">{escape(record["claim"])}</p>')
     parts.append(f"<p>Verdict: {_badge(record['verdict'])} "
                  f"in {record.get('seconds', 0.0):.1f} s</p>")
+    parts.append(_run_line(record))
+    if record.get("checks"):
+        parts.append(_checks_table(record["checks"]))
     if record.get("evidence"):
         parts.append(f"<p>{escape(record['evidence'])}</p>")
-    metrics = flatten(record.get("metrics") or {})
-    if metrics:
-        rows = [(escape(k), escape(_format(v))) for k, v in metrics.items()]
-        parts.append(_table(rows, ("metric", "value")))
     for figure in record.get("figures") or []:
         src = escape(figure, quote=True)
         parts.append(f'<p><a href="{src}"><img src="{src}" alt="{src}"></a></p>')
-    parts.append(f"<p>Rerun: <code>{escape(record.get('command') or '')}</code></p>")
+    parts.append(f"<p>Rerun (updates this section, keeps the others): "
+                 f"<code>{escape(record.get('command') or '')}</code></p>")
+    metrics = flatten(record.get("metrics") or {})
+    if metrics:
+        rows = [(escape(k), escape(_format(v))) for k, v in metrics.items()]
+        parts.append("<details><summary>All metrics</summary>"
+                     + _table(rows, ("metric", "value")) + "</details>")
     error = record.get("error")
     if error:
         parts.append(f"<pre>{escape(error.get('message', ''))}\n\n"
@@ -143,9 +220,13 @@ def render_html(results: dict[str, Any]) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>blocklab lab report</title><style>{_CSS}</style></head><body>",
         "<h1>blocklab lab report</h1>",
+        "<p>The whole lab: <code>make lab</code> (or <code>blocklab lab --quick --out "
+        "lab-report</code>); every section below gives the command that reruns it.</p>",
+        "<p>Environment of the latest run:</p>",
         _table(env_rows, css="env"),
         "<h2>Summary</h2>",
         _summary(records),
+        _legend(),
         *(_section(r) for r in records),
         "</body></html>",
     ]) + "\n"

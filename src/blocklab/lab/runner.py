@@ -4,7 +4,9 @@
 and keeps going when one fails (its record gets the verdict ``"error"`` and the
 traceback). After every experiment it rewrites ``out_dir/results.json`` and the
 HTML report ``out_dir/index.html``, so an interrupted run still leaves a report of
-what finished.
+what finished. A report already in ``out_dir`` is updated, not replaced: the
+experiments run now take the place of their earlier records, the others are kept,
+and every record carries its own date, scale, seed and commit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -31,6 +34,7 @@ import torch
 import blocklab
 from blocklab.lab import experiments as registry
 from blocklab.lab.base import Context, Experiment, Outcome, torch_threads
+from blocklab.lab.estimate import Check, Estimate, Timing
 from blocklab.lab.report import write_html
 
 T = TypeVar("T")
@@ -55,6 +59,8 @@ def to_jsonable(value: Any) -> Any:
     NaN and infinities to ``None``, mapping keys to strings, other objects to ``str``."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
+    if isinstance(value, (Estimate, Check, Timing)):
+        return to_jsonable(value.to_json())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, torch.Tensor):
@@ -75,9 +81,12 @@ def blocklab_version() -> str:
         return "unknown"
 
 
-def rerun_command(experiment_id: str, *, quick: bool, device: str, seed: int) -> str:
-    """The ``blocklab`` command line that reruns one experiment."""
+def rerun_command(experiment_id: str, *, quick: bool, device: str, seed: int,
+                  out_dir: str | os.PathLike[str] = "lab-report") -> str:
+    """The ``blocklab`` command line that reruns one experiment into the same report."""
     parts = ["blocklab", "lab", experiment_id, "--quick" if quick else "--full"]
+    if Path(out_dir) != Path("lab-report"):
+        parts += ["--out", shlex.quote(str(out_dir))]
     if device != "cpu":
         parts += ["--device", device]
     if seed != 0:
@@ -122,13 +131,25 @@ def environment(*, device: str, quick: bool, seed: int) -> dict[str, Any]:
         "cpu": _cpu_name(),
         "threads": torch.get_num_threads(),
         "git_commit": _git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": _now(),
         "scale": "quick" if quick else "full",
         "seed": seed,
     }
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return env
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (timing checks are read beside them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _seed_everything(seed: int) -> None:
@@ -202,13 +223,16 @@ def _normalise_figures(figures: list[str], out_dir: Path) -> list[str]:
     return paths
 
 
-def _run_one(experiment_id: str, ctx: Context, show: bool) -> dict[str, Any]:
+def _run_one(experiment_id: str, ctx: Context, show: bool,
+             run_info: dict[str, Any]) -> dict[str, Any]:
     quick, seed = ctx.quick, ctx.seed
     record: dict[str, Any] = {
         "id": experiment_id, "card": None, "title": None, "claim": None,
-        "verdict": "error", "evidence": "", "metrics": {}, "figures": [], "seconds": 0.0,
-        "command": rerun_command(experiment_id, quick=quick, device=str(ctx.device), seed=seed),
-        "error": None,
+        "verdict": "error", "evidence": "", "checks": [], "metrics": {}, "figures": [],
+        "seconds": 0.0,
+        "command": rerun_command(experiment_id, quick=quick, device=str(ctx.device), seed=seed,
+                                 out_dir=ctx.out_dir),
+        "run": run_info, "error": None,
     }
     start = time.perf_counter()
     try:
@@ -225,6 +249,7 @@ def _run_one(experiment_id: str, ctx: Context, show: bool) -> dict[str, Any]:
         record.update(
             verdict=outcome.verdict,
             evidence=outcome.evidence,
+            checks=to_jsonable(outcome.checks),
             metrics=to_jsonable(outcome.metrics),
             figures=_normalise_figures(outcome.figures, ctx.out_dir),
         )
@@ -235,12 +260,61 @@ def _run_one(experiment_id: str, ctx: Context, show: bool) -> dict[str, Any]:
             "traceback": traceback.format_exc(),
         }
     record["seconds"] = round(time.perf_counter() - start, 3)
+    record["run"] = {**run_info, "date": _now(), "load_average": _load_average()}
     if show:
         outcome_text = record["verdict"]
         if record["error"]:
             outcome_text += f": {record['error']['message']}"
         _say(f"{experiment_id}: {outcome_text} ({record['seconds']:.1f} s)")
     return record
+
+
+def _earlier_records(out_dir: Path) -> list[dict[str, Any]]:
+    """The records of an existing ``out_dir/results.json``. An unreadable file is
+    reported and left out, never silently merged."""
+    path = out_dir / "results.json"
+    if not path.exists():
+        return []
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        records = earlier["experiments"]
+        if not isinstance(records, list) or not all(
+                isinstance(r, dict) and "id" in r for r in records):
+            raise ValueError("'experiments' is not a list of records")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        _say(f"lab: the report in {out_dir} cannot be read ({type(err).__name__}: {err}); "
+             "starting a new one")
+        return []
+    env = earlier.get("environment") or {}
+    for record in records:
+        # Records written before each record carried its own run information.
+        record.setdefault("run", {k: env.get(k) for k in ("date", "scale", "seed",
+                                                         "git_commit", "device")})
+    return records
+
+
+def _merged(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``earlier`` with each record of ``new`` in the place of the record of the same id
+    (appended when there was none)."""
+    by_id = {r["id"]: r for r in new}
+    merged = [by_id.pop(r["id"], r) for r in earlier]
+    return merged + [r for r in new if r["id"] in by_id]
+
+
+def estimated_seconds(ids: list[str], *, quick: bool) -> float | None:
+    """The expected seconds of a run (each experiment's written-down figure for the
+    scale); None when an experiment gives none."""
+    key = "quick" if quick else "full"
+    total = 0.0
+    for experiment_id in ids:
+        try:
+            seconds = registry.load_experiment(experiment_id).seconds.get(key)
+        except Exception:  # an unloadable experiment is an error record later
+            seconds = None
+        if seconds is None:
+            return None
+        total += seconds
+    return total
 
 
 def _write(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
@@ -298,11 +372,20 @@ def run_lab(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    results: dict[str, Any] = {
-        "environment": {**environment(device=str(torch_device), quick=quick, seed=seed),
-                        **({"threads": threads} if threads is not None else {})},
-        "experiments": [],
-    }
+    env = {**environment(device=str(torch_device), quick=quick, seed=seed),
+           **({"threads": threads} if threads is not None else {})}
+    run_info = {k: env[k] for k in ("scale", "seed", "device", "threads", "git_commit")}
+    earlier = _earlier_records(out)
+    results: dict[str, Any] = {"environment": env, "experiments": earlier}
+    if show:
+        kept = [r["id"] for r in earlier if r["id"] not in ids]
+        if kept:
+            _say(f"lab: updating the report in {out}; keeping {', '.join(kept)}")
+        expected = estimated_seconds(ids, quick=quick)
+        if expected is not None:
+            _say(f"lab: {len(ids)} experiment(s) at {env['scale']} scale, expected about "
+                 f"{_duration(expected)} on 2 CPU cores")
+    new: list[dict[str, Any]] = []
     results_path, html_path = _write(results, out)
     for n, experiment_id in enumerate(ids, start=1):
         if show:
@@ -310,7 +393,15 @@ def run_lab(
         ctx = Context(quick=quick, device=torch_device, seed=seed, out_dir=out, threads=threads)
         if show:
             ctx.progress = _progress_for(experiment_id)
-        results["experiments"].append(_run_one(experiment_id, ctx, show))
+        new.append(_run_one(experiment_id, ctx, show, run_info))
+        results["experiments"] = _merged(earlier, new)
         results_path, html_path = _write(results, out)
-    return LabResult(records=results["experiments"], results_path=results_path,
-                     html_path=html_path)
+    return LabResult(records=new, results_path=results_path, html_path=html_path)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
