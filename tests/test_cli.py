@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,12 @@ import torch
 from blocklab.cli import main
 from blocklab.lab import experiments as registry
 from blocklab.lab.base import Context, Experiment, Outcome
+from blocklab.lab.estimate import Check, mean_ci
 
 
 def _fake(ctx: Context) -> Outcome:
-    return Outcome(metrics={"x": 1.0}, verdict="supported", evidence="fine")
+    return Outcome(metrics={"x": 1.0}, evidence="fine",
+                   checks=[Check("x", mean_ci([1.0, 1.1, 0.9]), ">=", 0.5)])
 
 
 def _broken(ctx: Context) -> Outcome:
@@ -67,6 +70,39 @@ def test_lab_runs_fake(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
 def test_lab_failure_exit_code(tmp_path: Path) -> None:
     assert main(["lab", "broken", "fake", "--out", str(tmp_path), "--quiet"]) == 1
     assert "broken on purpose" in (tmp_path / "index.html").read_text(encoding="utf-8")
+
+
+def test_lab_check_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lab", "fake", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["lab", "--check", "--out", str(tmp_path)]) == 0
+    assert "1 experiment(s), 0 problem(s)" in capsys.readouterr().out
+    path = tmp_path / "results.json"
+    results = json.loads(path.read_text(encoding="utf-8"))
+    results["experiments"][0]["verdict"] = "not supported"
+    results["experiments"][0]["checks"][0]["estimate"]["low"] = 0.1  # now straddles 0.5
+    path.write_text(json.dumps(results), encoding="utf-8")
+    assert main(["lab", "--check", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "says 'holds' but its estimate and threshold give 'inconclusive'" in out
+    assert "verdict 'not supported' does not follow from its checks" in out
+    assert main(["lab", "--check", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_lab_help_states_what_each_scale_costs(capsys: pytest.CaptureFixture[str]) -> None:
+    from blocklab.cli import LAB_MINUTES
+
+    with pytest.raises(SystemExit):
+        main(["lab", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"all ten in about {LAB_MINUTES['quick']} min" in out
+    assert f"all ten in about {LAB_MINUTES['full']} min" in out
+    seconds = [registry.load_experiment(i).seconds for i in registry.EXPERIMENT_IDS]
+    for scale in ("quick", "full"):
+        total = sum(s[scale] for s in seconds) / 60
+        assert abs(total - LAB_MINUTES[scale]) <= max(1.0, 0.1 * total), (scale, total)
+    assert all(s["quick"] <= 60 for s in seconds)
+    assert sum(s["quick"] for s in seconds) <= 8 * 60  # make lab's budget
+    assert sum(s["full"] for s in seconds) <= 2 * 3600  # --full's budget
 
 
 def test_lab_unknown_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

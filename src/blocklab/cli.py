@@ -43,6 +43,13 @@ def _error(command: str, message: str) -> int:
     return USAGE_ERROR
 
 
+# What each scale costs for all ten experiments on 2 idle CPU cores, in minutes: the
+# sums of the experiments' own ``seconds`` (a test keeps them in step). Written here so
+# that ``--help`` needs no torch import.
+LAB_MINUTES = {"quick": 6, "full": 110}
+EXPERIMENT_MAX_QUICK_SECONDS = 60
+
+
 def _add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "ids", nargs="*", metavar="ID",
@@ -51,9 +58,13 @@ def _add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale = parser.add_mutually_exclusive_group()
     scale.add_argument("--quick", dest="quick", action="store_true", default=True,
-                       help="quick scale, about a minute per experiment on a CPU (default)")
+                       help=f"quick scale (default): all ten in about "
+                            f"{LAB_MINUTES['quick']} min on 2 CPU cores, each at most "
+                            f"{EXPERIMENT_MAX_QUICK_SECONDS} s")
     scale.add_argument("--full", dest="quick", action="store_false",
-                       help="full scale: longer runs, larger models, tighter numbers")
+                       help=f"full scale: larger models, more steps and repetitions, tighter "
+                            f"intervals; all ten in about {LAB_MINUTES['full']} min on 2 CPU "
+                            f"cores (the expected time is printed first; --list gives each)")
     parser.add_argument("--out", default="lab-report", metavar="DIR",
                         help="report directory: results.json, index.html, figures/ "
                              "(default: %(default)s)")
@@ -67,12 +78,17 @@ def _add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress output, only the final summary")
     parser.add_argument("--list", action="store_true",
-                        help="list the experiments and whether they are implemented, then exit")
+                        help="list the experiments, their expected seconds at each scale and "
+                             "whether they are implemented, then exit")
+    parser.add_argument("--check", action="store_true",
+                        help="check the report in --out instead of running: verdicts follow "
+                             "from their checks, statuses from their intervals (exit 1 if not)")
 
 
 def _list_experiments() -> int:
     from blocklab.lab import experiments as registry
 
+    print(f"{'id':<14} {'card':<8} {'quick':>6} {'full':>7}  title")
     for experiment_id in registry.known_ids():
         if not registry.is_available(experiment_id):
             print(f"{experiment_id:<14} {'':<8} (not yet implemented)")
@@ -82,13 +98,36 @@ def _list_experiments() -> int:
         except Exception as err:  # a broken module is listed, not fatal
             print(f"{experiment_id:<14} {'':<8} (cannot load: {type(err).__name__}: {err})")
             continue
-        print(f"{experiment_id:<14} {experiment.card:<8} {experiment.title}")
+        quick, full = (experiment.seconds.get(k) for k in ("quick", "full"))
+        times = f"{quick or 0:>5.0f}s {(full or 0) / 60:>5.0f}m" if quick and full else f"{'':>14}"
+        print(f"{experiment_id:<14} {experiment.card:<8} {times}  {experiment.title}")
     return 0
+
+
+def _check_report(out: str) -> int:
+    import json
+    from pathlib import Path
+
+    from blocklab.lab.validate import check_results
+
+    path = Path(out) / "results.json"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return _error("lab", f"cannot read {path}: {err}")
+    problems = check_results(results)
+    for problem in problems:
+        print(problem)
+    n = len(results.get("experiments") or [])
+    print(f"{path}: {n} experiment(s), {len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 def _run_lab(args: argparse.Namespace) -> int:
     if args.list:
         return _list_experiments()
+    if args.check:
+        return _check_report(args.out)
 
     import torch
 
@@ -119,9 +158,11 @@ COMMANDS: list[Command] = [
         help="run the lab experiments and write an HTML report",
         description=(
             "Run lab experiments: each checks a building block's textbook claim on real "
-            "runs, derives a verdict (supported, partly, not supported) from the numbers "
-            "and draws its figures. Writes DIR/results.json and a self-contained "
-            "DIR/index.html. Exit code 0 if every experiment ran, 1 if any failed."
+            "runs, derives a verdict (supported, partly, inconclusive, not supported) from "
+            "checks that compare measured 95% intervals with thresholds, and draws its "
+            "figures. Writes DIR/results.json and a self-contained DIR/index.html; "
+            "experiments already in DIR that are not rerun keep their sections. Exit code 0 "
+            "if every experiment ran, 1 if any failed."
         ),
         add_arguments=_add_lab_arguments,
         run=_run_lab,

@@ -126,7 +126,7 @@ def test_figures_are_relative(tmp_path: Path) -> None:
     _, results, html = _run(["fake_ok"], tmp_path)
     assert results["experiments"][0]["figures"] == ["figures/fake_ok.png"]
     assert (tmp_path / "figures" / "fake_ok.png").exists()
-    assert '<img src="figures/fake_ok.png"' in html
+    assert '<a href="figures/fake_ok.png"><img src="data:image/png;base64,iVBORw0KGgo' in html
 
 
 def test_metrics_become_json(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from blocklab.lab import experiments as registry
+from blocklab.lab.validate import check_results
 
 SEEDS = (0, 1, 2)
 
@@ -31,7 +32,9 @@ def test_quick_lab_verdicts_do_not_depend_on_the_seed(tmp_path: Path) -> None:
         # A process per seed, as a user runs it: nothing carries over between runs.
         subprocess.run([sys.executable, "-m", "blocklab", "lab", "--quick", "--quiet",
                         "--seed", str(seed), "--out", str(out)], check=False, timeout=3000)
-        records = json.loads((out / "results.json").read_text(encoding="utf-8"))["experiments"]
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        assert check_results(results) == [], seed
+        records = results["experiments"]
         verdicts[seed] = {r["id"]: r["verdict"] for r in records}
         seconds[seed] = {r["id"]: r["seconds"] for r in records}
     for seed in SEEDS:

@@ -1,12 +1,14 @@
 """The lab report: one self-contained HTML page built from ``results.json``.
 
 Inline CSS, no JavaScript, no network: the page opens from disk anywhere, and
-figures are linked by their paths relative to the report directory. Every piece
-of text from the results goes through :func:`html.escape`.
+figures are embedded as data URIs (each links to its PNG for full size), so
+``index.html`` alone survives being moved. Every piece of text from the results goes
+through :func:`html.escape`.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 from html import escape
 from pathlib import Path
@@ -175,7 +177,19 @@ def _legend() -> str:
             "construction and are shown, not counted.</p>" + _table(rows, ("verdict", "means")))
 
 
-def _section(record: dict[str, Any]) -> str:
+def _image_src(figure: str, out_dir: Path | None) -> str:
+    """A data URI of the PNG under ``out_dir`` (its relative path if it cannot be read)."""
+    if out_dir is not None:
+        try:
+            data = (out_dir / figure).read_bytes()
+        except OSError:
+            pass
+        else:
+            return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return escape(figure, quote=True)
+
+
+def _section(record: dict[str, Any], out_dir: Path | None = None) -> str:
     title = escape(record.get("title") or str(record["id"]))
     label = " · ".join(str(x) for x in (record.get("card"), record["id"]) if x)
     parts = [
@@ -192,8 +206,9 @@ def _section(record: dict[str, Any]) -> str:
     if record.get("evidence"):
         parts.append(f"<p>{escape(record['evidence'])}</p>")
     for figure in record.get("figures") or []:
-        src = escape(figure, quote=True)
-        parts.append(f'<p><a href="{src}"><img src="{src}" alt="{src}"></a></p>')
+        href = escape(figure, quote=True)
+        parts.append(f'<p><a href="{href}"><img src="{_image_src(figure, out_dir)}" '
+                     f'alt="{href}"></a></p>')
     parts.append(f"<p>Rerun (updates this section, keeps the others): "
                  f"<code>{escape(record.get('command') or '')}</code></p>")
     metrics = flatten(record.get("metrics") or {})
@@ -209,8 +224,10 @@ def _section(record: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def render_html(results: dict[str, Any]) -> str:
-    """The report page for ``results`` (the content of ``results.json``)."""
+def render_html(results: dict[str, Any], out_dir: str | os.PathLike[str] | None = None) -> str:
+    """The report page for ``results`` (the content of ``results.json``); figures are
+    embedded from ``out_dir`` when given, linked otherwise."""
+    root = Path(out_dir) if out_dir is not None else None
     env = results.get("environment", {})
     records = results.get("experiments", [])
     env_rows = [(escape(str(k)), escape(_format(v))) for k, v in env.items()]
@@ -227,7 +244,7 @@ def render_html(results: dict[str, Any]) -> str:
         "<h2>Summary</h2>",
         _summary(records),
         _legend(),
-        *(_section(r) for r in records),
+        *(_section(r, root) for r in records),
         "</body></html>",
     ]) + "\n"
 
@@ -236,5 +253,5 @@ def write_html(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path
     """Write ``out_dir/index.html`` for ``results`` and return its path."""
     path = Path(out_dir) / "index.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(results), encoding="utf-8")
+    path.write_text(render_html(results, path.parent), encoding="utf-8")
     return path
