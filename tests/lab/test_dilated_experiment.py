@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.estimate import Estimate, Timing, verdict_of
 from blocklab.lab.experiments import dilated as dl
+
+STATUSES = {"holds", "fails", "inconclusive"}
 
 
 def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -19,22 +22,39 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     outcome = dl.EXPERIMENT.run(Context(quick=True, out_dir=tmp_path))
 
     assert outcome.verdict in VERDICTS
-    expected = {"time_per_doubling_dense", "time_per_doubling_dilated", "speedup_at_max",
-                "flops_ratio_at_max", "counted_over_analytic_flops", "val_loss_dense",
-                "val_loss_dilated", "val_loss_ratio", "grad_rel_error_ours",
-                "grad_rel_error_nograd_weights"}
+    assert outcome.verdict == verdict_of(outcome.checks)
+    names = [c.name for c in outcome.checks]
+    assert len(names) == len(set(names)) == 8
+    counted = [c for c in outcome.checks if c.counted]
+    assert len(counted) == 4
+    assert any("time per doubling" in c.name for c in counted)
+    assert any("validation loss" in c.name for c in counted)
+    for check in outcome.checks:
+        est = check.estimate
+        assert check.status in STATUSES, check
+        assert est.n >= 1 and len(est.samples) == est.n
+        if not math.isnan(est.value):
+            assert est.low <= est.value <= est.high, check
+        assert check.text().startswith(check.name)
+        assert check.name in outcome.evidence
+    # Repeated quantities carry every repetition: 4 lengths x repeats, seeds.
+    by_name = {c.name: c for c in outcome.checks}
+    assert by_name["dilated time per doubling of N"].estimate.n == len(smoke.lengths) * smoke.repeats
+    assert by_name["validation loss, dilated / dense"].estimate.n == smoke.seeds
+    # Implementation tests hold at any scale.
+    assert by_name["counted / analytic FLOPs"].status == "holds"
+    assert by_name["mixture gradient error vs autograd"].status == "holds"
+    assert by_name["gradient error with no_grad weights"].status == "holds"
+
+    metrics = outcome.metrics
     for n in smoke.lengths:
-        expected |= {f"{k}_{kind}_N{n}" for k in ("flops", "ms", "mem")
-                     for kind in ("dense", "dilated")}
-    assert expected <= set(outcome.metrics)
-    for key, value in outcome.metrics.items():
-        assert isinstance(value, (int, float)), (key, value)
-        assert math.isfinite(value) or key.startswith("mem"), (key, value)
-    assert outcome.metrics["counted_over_analytic_flops"] == 1.0
-    assert outcome.metrics["grad_rel_error_ours"] < 1e-9
-    assert outcome.metrics["grad_rel_error_nograd_weights"] > 0.01
-    assert outcome.evidence
-    assert len(outcome.figures) == 2
+        for kind in dl.KINDS:
+            assert isinstance(metrics[f"time_{kind}_N{n}"], Timing)
+            assert len(metrics[f"time_{kind}_N{n}"].cpu) == smoke.repeats
+            assert metrics[f"flops_{kind}_N{n}"] > 0
+    assert isinstance(metrics["val_loss_ratio_last_quarter"], Estimate)
+    assert all(math.isfinite(x) for kind in dl.KINDS for x in metrics[f"val_loss_{kind}"])
+    assert len(outcome.figures) == 3
     for rel in outcome.figures:
         path = tmp_path / rel
         assert path.is_file() and path.suffix == ".png" and path.stat().st_size > 10_000
@@ -44,10 +64,24 @@ def test_identity_and_scales() -> None:
     assert dl.EXPERIMENT.id == "dilated" and dl.EXPERIMENT.card == "DL0029"
     assert dl.scale_for(Context(quick=True)) is dl.SCALES["quick"]
     assert dl.scale_for(Context(quick=False)) is dl.SCALES["full"]
-    with pytest.raises(ValueError, match=r"lengths \(1024, 2048\) must all be >= the longest"):
-        dataclasses.replace(dl.SCALES["quick"], lengths=(1024, 2048))
+    assert set(dl.EXPERIMENT.seconds) == {"quick", "full"}
+    with pytest.raises(ValueError, match=r"lengths \(1024, 2048, 4096, 8192\) must all be >="):
+        dataclasses.replace(dl.SCALES["quick"], lengths=(1024, 2048, 4096, 8192))
+    with pytest.raises(ValueError, match="at least four distinct values"):
+        dataclasses.replace(dl.SCALES["quick"], lengths=(4096, 8192, 16384))
     with pytest.raises(ValueError, match="steps must be positive, got 0"):
         dataclasses.replace(dl.SCALES["quick"], steps=0)
+
+
+def test_growth_per_doubling_reads_a_known_exponent() -> None:
+    lengths = [100, 200, 400, 800]
+    times = {f"dilated@{n}": Timing(wall=[n * 1e-4, n * 1.1e-4], cpu=[n**2 * 1e-6] * 2)
+             for n in lengths}
+    cpu = dl.growth_per_doubling({"time": times}, "dilated", lengths, torch.device("cpu"))
+    wall = dl.growth_per_doubling({"time": times}, "dilated", lengths, torch.device("cpu"),
+                                  wall=True)
+    assert cpu.value == pytest.approx(4.0) and cpu.n == 8
+    assert wall.low < 2.0 < wall.high and wall.value == pytest.approx(2.0, rel=1e-6)
 
 
 def test_dense_and_dilated_lm_start_from_the_same_weights() -> None:
