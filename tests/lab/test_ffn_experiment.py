@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from blocklab.ffn import FeedForward
 from blocklab.lab import experiments as registry
 from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.estimate import Estimate, verdict_of
 from blocklab.lab.experiments import ffn
 from blocklab.models import TransformerLM
 
@@ -73,6 +75,21 @@ def test_rank_correlation():
     assert ffn.rank_correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
 
 
+def test_loss_slope_is_the_change_per_doubling():
+    assert ffn.loss_slope([1, 2, 4, 8], [2.0, 1.9, 1.8, 1.7]) == pytest.approx(-0.1)
+    assert ffn.loss_slope([1, 2, 4], [1.0, 1.0, 1.0]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_scale_rejects_designs_without_an_interval():
+    quick = ffn.SCALES["quick"]
+    with pytest.raises(ValueError, match="seeds"):
+        dataclasses.replace(quick, seeds=1)
+    with pytest.raises(ValueError, match="plain and a gated"):
+        dataclasses.replace(quick, activations=("gelu", "relu"))
+    with pytest.raises(ValueError, match="at least 3"):
+        dataclasses.replace(quick, ratios=(1, 4))
+
+
 def test_smoke_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setitem(ffn.SCALES, "quick", ffn.SCALES["smoke"])
     scale = ffn.SCALES["smoke"]
@@ -80,37 +97,39 @@ def test_smoke_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     outcome = ffn.run(ctx)
 
     assert outcome.verdict in VERDICTS
-    m = outcome.metrics
-    keys = ["plain_mean", "glu_mean", "glu_gain", "glu_gain_min_seed", "glu_beats_all_plain",
-            "seed_spread", "param_mismatch", "rank_corr_shazeer"]
-    for a in ffn.SWEEP_ACTIVATIONS:
-        keys += [f"sweep_{a}_gain", f"sweep_{a}_decreasing_steps"]
-        for r in scale.ratios:
-            keys += [f"loss_{a}_r{r}", f"params_{a}_r{r}", f"ffn_share_{a}_r{r}",
-                     f"flops_per_token_{a}_r{r}"]
-    for a in ffn.PLAIN + ffn.GATED:
-        keys += [f"loss_{a}", f"params_{a}", f"hidden_{a}"]
-    # The baseline ran with more seeds than the rest: its spread is the measured noise.
-    assert scale.baseline_seeds > scale.seeds
-    keys.append("loss_gelu_spread")
-    assert "loss_swiglu_spread" not in m
-    for key in keys:
-        assert key in m, key
-        assert math.isfinite(float(m[key])), (key, m[key])
-    assert m["seed_spread"] == m["loss_gelu_spread"] >= 0
+    assert outcome.verdict == verdict_of(outcome.checks)
+    names = [c.name.split(":")[0] for c in outcome.checks]
+    assert names == ["expansion", "glu_gain", "param_mismatch"]
+    assert [c.counted for c in outcome.checks] == [True, True, False]
+    for check in outcome.checks:
+        est = check.estimate
+        assert check.status in ("holds", "fails", "inconclusive")
+        assert est.low <= est.value <= est.high
+        assert all(math.isfinite(x) for x in est.samples)
+    slope, gain, mismatch = (c.estimate for c in outcome.checks)
+    assert slope.n == gain.n == scale.seeds
+    assert math.isfinite(slope.low) and math.isfinite(gain.high)  # >= 2 seeds: finite
+    assert mismatch.low == mismatch.high < ffn.MAX_PARAM_MISMATCH
 
-    assert m["param_mismatch"] < 0.01
-    params = [m[f"params_{a}"] for a in ffn.PLAIN + ffn.GATED]
-    assert max(params) / min(params) - 1 < 0.01
-    # Wider FFN: more parameters, more FLOPs, a larger FFN share; SwiGLU matches GELU.
-    for a in ffn.SWEEP_ACTIVATIONS:
-        for x, y in zip(scale.ratios, scale.ratios[1:], strict=False):
-            assert m[f"params_{a}_r{y}"] > m[f"params_{a}_r{x}"]
-            assert m[f"flops_per_token_{a}_r{y}"] > m[f"flops_per_token_{a}_r{x}"]
-            assert m[f"ffn_share_{a}_r{y}"] > m[f"ffn_share_{a}_r{x}"]
+    m = outcome.metrics
     for r in scale.ratios:
-        assert m[f"params_swiglu_r{r}"] == pytest.approx(m[f"params_gelu_r{r}"], rel=0.01)
-    assert m["loss_gelu"] == m[f"loss_gelu_r{scale.expansion}"]
+        loss = m[f"loss_gelu_r{r}"]
+        assert isinstance(loss, Estimate) and loss.n == scale.seeds
+        assert loss.low <= loss.value <= loss.high
+    # The slope's samples are the per-seed fits of the per-seed losses.
+    ratios = list(scale.ratios)
+    for i, s in enumerate(slope.samples):
+        losses = [m[f"loss_gelu_r{r}"].samples[i] for r in ratios]
+        assert s == pytest.approx(ffn.loss_slope(ratios, losses))
+    # Wider FFN: more parameters, more FLOPs, a larger FFN share.
+    for x, y in zip(scale.ratios, scale.ratios[1:], strict=False):
+        assert m[f"params_gelu_r{y}"] > m[f"params_gelu_r{x}"]
+        assert m[f"flops_per_token_gelu_r{y}"] > m[f"flops_per_token_gelu_r{x}"]
+        assert m[f"ffn_share_gelu_r{y}"] > m[f"ffn_share_gelu_r{x}"]
+    params = [m[f"params_{a}"] for a in scale.activations]
+    assert max(params) / min(params) - 1 < ffn.MAX_PARAM_MISMATCH
+    assert m["loss_gelu"].samples == m[f"loss_gelu_r{scale.expansion}"].samples
+    assert -1 <= m["rank_corr_shazeer"] <= 1
 
     assert len(outcome.figures) == 3
     for rel in outcome.figures:

@@ -7,30 +7,34 @@ default -- buys quality with parameters and FLOPs; gated variants
 ReGLU, GEGLU, SwiGLU) beat the plain activations (ReLU, GELU, SiLU/Swish) at a matched
 parameter count, i.e. with the hidden width cut to 2/3 because they have three matrices.
 
-Two measurements, each a small pre-norm TransformerLM (:mod:`blocklab.models`) trained
-on the shipped byte corpus with the same steps, batches and seeds, scored by the mean
-next-token cross entropy (nats per byte) on the held-out split:
+Each model is a small pre-norm TransformerLM (:mod:`blocklab.models`) trained on the
+shipped byte corpus with the same steps and learning rate, scored by the mean next-token
+cross entropy (nats per byte) on the whole held-out split. Every configuration runs on
+the same ``Scale.seeds`` repetition seeds (``ctx.seeds``); models of one seed share
+their weights outside the FFN and see the same batches (:func:`init_model`), so the
+per-seed comparisons below are paired and the seed's shared effect cancels.
 
-(a) expansion sweep: r in ``Scale.ratios`` for a plain GELU FFN (hidden r d) and for a
-    SwiGLU FFN (hidden int(2/3 r d), the same parameters); for each model, its
-    non-embedding parameters, the FFN's share of them, and forward FLOPs per token --
-    matmuls counted by ``torch.utils.flop_counter.FlopCounterMode``, plus the causal
-    attention scores and weighted sum, 2 (T + 1) C per layer, added analytically because
-    the counter does not see torch's CPU SDPA kernel (pytorch#195460);
-(b) activations at matched parameters: relu, gelu, silu with hidden 4d against reglu,
-    geglu, swiglu with hidden int(2/3 * 4d) (``blocklab.ffn.ffn_hidden_dim``), over
-    ``Scale.seeds`` seeds (the shared GELU baseline over ``Scale.baseline_seeds``); the
-    seed-to-seed spread is the noise the GLU gain is judged against.
+Checks (95% intervals over the seeds; thresholds are the module constants):
 
-Models of one seed share their initial weights outside the FFN and see the same
-batches, so their losses differ by the FFN alone (:func:`init_model`).
+(a) ``expansion``, counted: for each seed, the least-squares slope of the loss on
+    log2 r over the sweep ``Scale.ratios`` (plain GELU, hidden r d) -- the loss change
+    per doubling of the FFN; the mean over seeds must be < 0 with its whole interval.
+    A fitted trend over every ratio, not the monotonicity of single numbers.
+(b) ``glu_gain``, counted: per seed, the mean loss of the plain activations minus that
+    of the gated ones in ``Scale.activations`` at r = ``Scale.expansion`` (GLU hidden
+    int(2/3 r d), ``blocklab.ffn.ffn_hidden_dim``); must be > 0. The quick scale runs
+    the canonical pair GELU vs SwiGLU, the full scale all six.
+(c) ``param_mismatch``, context (not counted): the largest relative difference of the
+    matched models' parameters from the plain model's. It follows from the 2/3 width
+    rule and d, so it cannot come out otherwise on a run; it is shown because (b) means
+    nothing without it.
 
-Verdicts: (a) per FFN family, supported if the loss falls at every step of r, partly
-if at most of them and overall, then the two families combined as below; (b) supported
-if the gated mean beats the plain mean by more than the measured seed spread and in
-every seed, partly if it is better but within the noise (or the noise was not
-measured), not supported if it is not better. Both supported (or both not) gives that
-verdict, anything else partly.
+Besides the checks: non-embedding parameters, the FFN's share of them and forward FLOPs
+per token of each sweep model -- matmuls counted by
+``torch.utils.flop_counter.FlopCounterMode``, plus the causal attention scores and
+weighted sum, 2 (T + 1) C per layer, added analytically because the counter does not
+see torch's CPU SDPA kernel (pytorch#195460); and, when three or more activations ran,
+the rank correlation of their ordering with Shazeer's.
 
 Reference point (Shazeer 2020, T5-base at matched parameters, log-perplexity after 65k
 steps): ReLU 1.997, GELU 1.983, Swish 1.994, ReGLU 1.953, GEGLU 1.942, SwiGLU 1.944.
@@ -39,7 +43,6 @@ Only the ordering is comparable with a small byte-level model.
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -54,19 +57,30 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from blocklab.data import corpus_tokens  # noqa: E402
 from blocklab.ffn import GLU_ACTIVATIONS, ffn_hidden_dim  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, Verdict  # noqa: E402
+from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
+from blocklab.lab.estimate import Check, Estimate, exact, mean_ci, paired_diff  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.train import evaluate_lm, train_lm  # noqa: E402
 
 PLAIN = ("relu", "gelu", "silu")
 GATED = ("reglu", "geglu", "swiglu")
-SWEEP_ACTIVATIONS = ("gelu", "swiglu")
 BASELINE = "gelu"  # the plain FFN of the original transformer (with GELU, as in GPT-2)
 # Shazeer 2020, table 1 (T5-base, 65k steps, log-perplexity; lower is better).
 # SiLU is Swish with beta = 1.
 SHAZEER: dict[str, float] = {"relu": 1.997, "gelu": 1.983, "silu": 1.994,
                              "reglu": 1.953, "geglu": 1.942, "swiglu": 1.944}
-MAX_PARAM_MISMATCH = 0.01  # matched means within 1% of the plain model's parameters
+
+# Thresholds.
+# The claim is a direction -- a wider FFN gives a lower loss -- not a size (the size of
+# the gain depends on the data and budget): any reliable fall per doubling of r counts,
+# so the line is no change.
+MAX_EXPANSION_SLOPE = 0.0  # nats per byte per doubling of r
+# Likewise the GLU claim is an ordering at matched parameters (Shazeer's gap, 0.03-0.05
+# log-perplexity on T5, does not transfer to a byte-level model): the line is a tie.
+MIN_GLU_GAIN = 0.0  # nats per byte, plain mean minus gated mean
+# "Matched parameters": within 1% of the plain model, which int(2/3 r d) gives for any d
+# of this lab's size; a bigger gap would let the GLU win on size alone.
+MAX_PARAM_MISMATCH = 0.01
 
 
 @dataclass(frozen=True)
@@ -79,12 +93,11 @@ class Scale:
             batches. A long warm-up keeps short runs from stalling on a plateau whose
             length varies from seed to seed.
         eval_batches, eval_batch: held-out windows scored at the end (None: all).
-        ratios: expansion ratios r of the sweep (hidden = r * d_model).
+        ratios: expansion ratios r of the sweep (plain GELU, hidden = r * d_model).
         expansion: r of the activation comparison (GLU hidden = int(2/3 r d)).
-        seeds: seeds of every configuration (model init and batch order).
-        baseline_seeds: seeds of the GELU r = ``expansion`` model, which both parts share;
-            when more than ``seeds``, its extra runs measure the seed-to-seed noise
-            cheaply.
+        activations: the variants compared at ``expansion``: at least one plain and one
+            gated; GELU is among them (it is the sweep's model at ``expansion``).
+        seeds: repetitions of every configuration (model init and batch order).
     """
 
     d_model: int
@@ -99,25 +112,39 @@ class Scale:
     eval_batch: int
     ratios: tuple[int, ...]
     expansion: int
+    activations: tuple[str, ...]
     seeds: int
-    baseline_seeds: int
+
+    def __post_init__(self) -> None:
+        if len(self.ratios) < 3:
+            raise ValueError(f"ratios ({self.ratios}) needs at least 3 values for a slope")
+        if BASELINE not in self.activations or self.expansion not in self.ratios:
+            raise ValueError(f"activations ({self.activations}) must hold {BASELINE!r} and "
+                             f"ratios ({self.ratios}) the expansion ({self.expansion})")
+        if not set(PLAIN) & set(self.activations) or not set(GATED) & set(self.activations):
+            raise ValueError(f"activations ({self.activations}) need a plain and a gated one")
+        if self.seeds < 2:
+            raise ValueError(f"seeds ({self.seeds}) must be >= 2 for an interval")
 
 
 SCALES: dict[str, Scale] = {
-    # 11 configurations and 2 more seeds of the baseline: 13 runs of ~3 s of one CPU
-    # core (~40 s of CPU in all). At this budget a narrow model trained longer (d=32,
-    # 240 steps) reaches a lower loss than a wider one trained shorter (d=64, 200 steps).
-    "quick": Scale(d_model=32, n_layers=2, n_heads=2, seq_len=64, batch=16, steps=240,
-                   lr=6e-3, warmup=60, eval_batches=None, eval_batch=64, ratios=(1, 2, 4, 8),
-                   expansion=4, seeds=1, baseline_seeds=3),
+    # 4 sweep models + SwiGLU, 4 seeds each: 20 runs of ~1.6 s of one core. One layer,
+    # shorter windows and only the canonical GLU pair buy the repetitions: one seed of
+    # the old design (11 models of 2 layers, 240 steps of 16x64) cost as much, and its
+    # single numbers were within the seed spread.
+    "quick": Scale(d_model=32, n_layers=1, n_heads=2, seq_len=32, batch=32, steps=300,
+                   lr=6e-3, warmup=30, eval_batches=None, eval_batch=64, ratios=(1, 2, 4, 8),
+                   expansion=4, activations=("gelu", "swiglu"), seeds=4),
     # d_model a multiple of 3 makes int(2/3 * 4d) exact: matched to the parameter.
-    "full": Scale(d_model=192, n_layers=4, n_heads=4, seq_len=128, batch=32, steps=1500,
-                  lr=2e-3, warmup=150, eval_batches=None, eval_batch=64,
-                  ratios=(1, 2, 4, 8), expansion=4, seeds=3, baseline_seeds=3),
+    # 9 models x 3 seeds = 27 runs of ~18 s of one core, ~8 minutes (estimated from the
+    # quick runs by scaling the FLOPs per step).
+    "full": Scale(d_model=48, n_layers=2, n_heads=4, seq_len=64, batch=32, steps=600,
+                  lr=3e-3, warmup=60, eval_batches=None, eval_batch=64, ratios=(1, 2, 4, 8),
+                  expansion=4, activations=PLAIN + GATED, seeds=3),
     # A seconds-long run for tests of the plumbing; its numbers mean little.
     "smoke": Scale(d_model=24, n_layers=1, n_heads=2, seq_len=16, batch=4, steps=4,
                    lr=3e-3, warmup=1, eval_batches=2, eval_batch=8, ratios=(1, 2, 4),
-                   expansion=4, seeds=1, baseline_seeds=2),
+                   expansion=4, activations=PLAIN + GATED, seeds=2),
 }
 
 
@@ -214,10 +241,9 @@ class Run:
 
 def train_one(activation: str, expansion: float, seed: int, scale: Scale, ctx: Context,
               tokens: tuple[torch.Tensor, torch.Tensor]) -> Run:
-    """Train one model and score it on the held-out split."""
+    """Train one model from repetition seed ``seed`` and score it on the held-out split."""
     config = make_config(scale, activation, expansion)
-    run_seed = ctx.seed * 1000 + seed
-    model = init_model(config, run_seed)
+    model = init_model(config, seed)
     flops, _ = forward_flops_per_token(model, scale.seq_len)
     train, val = tokens
     label = f"ffn: {activation} r={expansion:g} seed {seed}"
@@ -226,7 +252,7 @@ def train_one(activation: str, expansion: float, seed: int, scale: Scale, ctx: C
         return ctx.progress(items, label, total=total)
 
     train_lm(model, train, steps=scale.steps, batch_size=scale.batch, seq_len=scale.seq_len,
-             lr=scale.lr, warmup=scale.warmup, seed=run_seed, device=ctx.device,
+             lr=scale.lr, warmup=scale.warmup, seed=seed, device=ctx.device,
              progress=progress)
     val_loss = evaluate_lm(model, val, batch_size=scale.eval_batch, seq_len=scale.seq_len,
                            max_batches=scale.eval_batches, device=ctx.device)
@@ -234,9 +260,9 @@ def train_one(activation: str, expansion: float, seed: int, scale: Scale, ctx: C
                model_ffn_params(model), flops, val_loss)
 
 
-def spread(values: list[float]) -> float:
-    """Seed-to-seed spread: max - min."""
-    return max(values) - min(values)
+def loss_slope(ratios: list[float], losses: list[float]) -> float:
+    """Least-squares slope of the loss on log2 r: the change per doubling of r."""
+    return float(np.polyfit(np.log2(ratios), losses, 1)[0])
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:
@@ -246,8 +272,8 @@ def rank_correlation(a: list[float], b: list[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _mean_loss(runs: list[Run]) -> float:
-    return statistics.mean(r.val_loss for r in runs)
+def _losses(runs: list[Run]) -> list[float]:
+    return [r.val_loss for r in runs]
 
 
 # --------------------------------------------------------------------------- figures
@@ -329,217 +355,181 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
-def plot_sweep(sweeps: dict[str, dict[int, list[Run]]], scale: Scale, ctx: Context) -> str:
+def plot_sweep(sweep: dict[int, list[Run]], slope: Estimate, scale: Scale,
+               ctx: Context) -> str:
+    """Loss vs parameters and vs FLOPs: mean over seeds with its 95% interval, and the
+    seeds themselves (thin lines: one seed's sweep)."""
+    ratios = sorted(sweep)
+    est = {k: mean_ci(_losses(sweep[k])) for k in ratios}
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    styles = {"gelu": ("o-", "C0", "plain GELU, h = r d"),
-              "swiglu": ("s--", "C1", "SwiGLU, h = int(2/3 r d)")}
-    for activation, sweep in sweeps.items():
-        ratios = sorted(sweep)
-        loss = [_mean_loss(sweep[k]) for k in ratios]
-        lo = [m - min(r.val_loss for r in sweep[k]) for m, k in zip(loss, ratios, strict=True)]
-        hi = [max(r.val_loss for r in sweep[k]) - m for m, k in zip(loss, ratios, strict=True)]
-        fmt, colour, label = styles[activation]
-        for ax, xs in ((axes[0], [sweep[k][0].params for k in ratios]),
-                       (axes[1], [sweep[k][0].flops for k in ratios])):
-            ax.errorbar(xs, loss, yerr=[lo, hi], fmt=fmt, color=colour, capsize=4, lw=1.5,
-                        label=label)
-            for x, y, k in zip(xs, loss, ratios, strict=True):
-                ax.annotate(f"r={k}", (x, y), textcoords="offset points", xytext=(6, 5),
-                            fontsize=9, color=colour)
-    gelu = sweeps[BASELINE]
     for ax, xs, xlabel in (
-            (axes[0], [gelu[k][0].params for k in sorted(gelu)], "non-embedding parameters"),
-            (axes[1], [gelu[k][0].flops for k in sorted(gelu)], "forward FLOPs per token")):
+            (axes[0], [sweep[k][0].params for k in ratios], "non-embedding parameters"),
+            (axes[1], [sweep[k][0].flops for k in ratios], "forward FLOPs per token")):
+        for s in range(len(sweep[ratios[0]])):
+            ax.plot(xs, [sweep[k][s].val_loss for k in ratios], "-", color="0.7", lw=0.8,
+                    label="one seed" if s == 0 else None)
+        mean = [est[k].value for k in ratios]
+        err = [[est[k].value - est[k].low for k in ratios],
+               [est[k].high - est[k].value for k in ratios]]
+        ax.errorbar(xs, mean, yerr=err, fmt="o-", color="C0", capsize=4, lw=1.5,
+                    label=f"{BASELINE}, h = r d: mean, 95% interval")
+        for x, y, k in zip(xs, mean, ratios, strict=True):
+            ax.annotate(f"r={k}", (x, y), textcoords="offset points", xytext=(6, 5),
+                        fontsize=9, color="C0")
         ax.set_xscale("log")
         ax.set_xticks(xs, [_si(x) for x in xs])
         ax.minorticks_off()
         ax.set_xlabel(f"{xlabel} (log scale)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9, title="FFN (bars: min-max over seeds)", title_fontsize=9)
+        ax.legend(fontsize=9)
     axes[0].set_ylabel("validation loss (nats per byte)")
-    axes[0].set_title("Loss vs parameters")
+    axes[0].set_title(f"Loss vs parameters; slope per doubling of r {slope.text('+.4f')}")
     axes[1].set_title(f"Loss vs compute (T={scale.seq_len}, FlopCounterMode + attention)")
     fig.suptitle(f"FFN expansion sweep: d={scale.d_model}, {scale.n_layers} layers, "
                  f"{scale.steps} steps of {scale.batch}x{scale.seq_len} tokens, "
-                 f"{scale.seeds} seed(s) ({BASELINE} r={scale.expansion}: "
-                 f"{max(scale.seeds, scale.baseline_seeds)})", fontsize=12)
+                 f"{len(sweep[ratios[0]])} seeds", fontsize=12)
     fig.tight_layout()
-    rel = ctx.save_figure(fig, "ffn_expansion")
-    return rel
+    return ctx.save_figure(fig, "ffn_expansion")
 
 
-def plot_activations(acts: dict[str, list[Run]], scale: Scale, ctx: Context) -> str:
-    names = list(PLAIN + GATED)
-    mean = [_mean_loss(acts[a]) for a in names]
+def plot_activations(acts: dict[str, list[Run]], gain: Estimate, ctx: Context) -> str:
+    """Mean loss per activation with its 95% interval and the seeds as dots, beside
+    Shazeer's reference numbers."""
+    names = list(acts)
+    est = [mean_ci(_losses(acts[a])) for a in names]
     colours = ["#7f9fbf" if a in PLAIN else "#e07b39" for a in names]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5),
                                    gridspec_kw={"width_ratios": [3, 2]})
     x = np.arange(len(names))
-    lo = [m - min(r.val_loss for r in acts[a]) for m, a in zip(mean, names, strict=True)]
-    hi = [max(r.val_loss for r in acts[a]) - m for m, a in zip(mean, names, strict=True)]
-    ax1.bar(x, mean, 0.6, color=colours, yerr=[lo, hi], capsize=5, ecolor="black")
+    lo = [e.value - e.low for e in est]
+    hi = [e.high - e.value for e in est]
+    ax1.bar(x, [e.value for e in est], 0.6, color=colours, yerr=[lo, hi], capsize=5,
+            ecolor="black")
     for i, a in enumerate(names):
-        ax1.plot([x[i]] * len(acts[a]), [r.val_loss for r in acts[a]], "k.", ms=7,
+        ax1.plot([x[i]] * len(acts[a]), _losses(acts[a]), "k.", ms=7,
                  label="one seed" if i == 0 else None)
-        ax1.text(x[i], mean[i] + hi[i], f"{mean[i]:.3f}\n{acts[a][0].params:,} p",
+        ax1.text(x[i], est[i].high, f"{est[i].value:.3f}\n{acts[a][0].params:,} p",
                  ha="center", va="bottom", fontsize=8.5)
-    bottom = min(m - low for m, low in zip(mean, lo, strict=True))
-    top = max(m + h for m, h in zip(mean, hi, strict=True))
+    bottom = min(min(e.low, *e.samples) for e in est)
+    top = max(max(e.high, *e.samples) for e in est)
     span = max(top - bottom, 1e-3)
     ax1.set_ylim(bottom - 0.8 * span, top + 0.6 * span)
     ax1.set_xticks(x, [f"{a}\nh={acts[a][0].hidden}" for a in names])
     ax1.set_ylabel("validation loss (nats per byte; axis cut)")
-    seeds_txt = ", ".join(f"{a} {len(acts[a])}" for a in names if len(acts[a]) > scale.seeds)
-    ax1.set_title(f"This run: {scale.seeds} seed(s) per variant"
-                  f"{f' ({seeds_txt})' if seeds_txt else ''}; bars min-max")
-    ax1.bar([0], [0], color="#7f9fbf", label="plain (h = 4d)")
-    ax1.bar([0], [0], color="#e07b39", label="gated (h = int(2/3 4d))")
+    ax1.set_title(f"This run: {len(acts[names[0]])} seeds, bars 95% interval; "
+                  f"plain - gated {gain.text('+.4f')}", fontsize=10)
+    ax1.bar([0], [0], color="#7f9fbf", label="plain (h = r d)")
+    ax1.bar([0], [0], color="#e07b39", label="gated (h = int(2/3 r d))")
     ax1.legend(fontsize=8.5, loc="upper left", ncols=3)
 
-    ref = [SHAZEER[a] for a in names]
-    ax2.bar(x, ref, 0.6, color=colours)
+    ref_names = list(PLAIN + GATED)
+    ref = [SHAZEER[a] for a in ref_names]
+    xr = np.arange(len(ref_names))
+    ax2.bar(xr, ref, 0.6, color=["#7f9fbf" if a in PLAIN else "#e07b39" for a in ref_names])
     for i, v in enumerate(ref):
-        ax2.text(x[i], v, f"{v:.3f}", ha="center", va="bottom", fontsize=8.5)
+        ax2.text(xr[i], v, f"{v:.3f}", ha="center", va="bottom", fontsize=8.5)
     ax2.set_ylim(1.9, 2.01)
-    ax2.set_xticks(x, ["relu", "gelu", "swish", "reglu", "geglu", "swiglu"])
+    ax2.set_xticks(xr, ["relu", "gelu", "swish", "reglu", "geglu", "swiglu"])
     ax2.set_ylabel("log-perplexity (axis cut)")
     ax2.set_title("Reference: Shazeer 2020, T5-base, 65k steps")
     fig.suptitle("FFN activation variants at matched parameters (lower is better)", fontsize=12)
     fig.tight_layout()
-    rel = ctx.save_figure(fig, "ffn_activations")
-    return rel
+    return ctx.save_figure(fig, "ffn_activations")
 
 
 # ------------------------------------------------------------------------------ run
 
-def _combine(a: Verdict, b: Verdict) -> Verdict:
-    return a if a == b else "partly"
-
-
 def run(ctx: Context) -> Outcome:
     scale = scale_for(ctx)
     tokens = corpus_tokens()
-    metrics: dict[str, float | int] = {}
+    metrics: dict[str, object] = {}
 
-    # Every configuration once per seed; the r = expansion models serve both parts.
-    baseline = (BASELINE, scale.expansion)
-    wanted = [(a, r) for a in SWEEP_ACTIVATIONS for r in scale.ratios]
-    wanted += [(a, scale.expansion) for a in PLAIN + GATED
-               if (a, scale.expansion) not in wanted]
-    n_seeds = {key: scale.seeds for key in wanted}
-    n_seeds[baseline] = max(scale.seeds, scale.baseline_seeds)
+    # Every configuration on every seed; the GELU r = expansion model serves both parts.
+    names = [a for a in PLAIN + GATED if a in scale.activations]
+    wanted = [(BASELINE, r) for r in scale.ratios]
+    wanted += [(a, scale.expansion) for a in names if a != BASELINE]
+    seeds = ctx.seeds(scale.seeds)
     runs: dict[tuple[str, int], list[Run]] = {key: [] for key in wanted}
-    for seed in range(max(n_seeds.values())):
+    for seed in seeds:
         for key in wanted:
-            if seed < n_seeds[key]:
-                runs[key].append(train_one(*key, seed, scale, ctx, tokens))
+            runs[key].append(train_one(*key, seed, scale, ctx, tokens))
 
-    # Noise: the seed-to-seed range of every configuration run with several seeds.
-    spreads = {key: spread([r.val_loss for r in rs]) for key, rs in runs.items()
-               if len(rs) > 1}
-    noise = statistics.mean(spreads.values()) if spreads else math.nan
-    if spreads:
-        metrics["seed_spread"] = noise
-
-    # (a) expansion sweep, per FFN family
+    # (a) expansion sweep: one slope per seed, then their mean and interval.
     ratios = list(scale.ratios)
-    sweeps = {a: {r: runs[(a, r)] for r in ratios} for a in SWEEP_ACTIVATIONS}
-    family_verdicts: dict[str, Verdict] = {}
-    sweep_txts = []
-    for a, sweep in sweeps.items():
-        loss = {r: _mean_loss(sweep[r]) for r in ratios}
-        for r in ratios:
-            first = sweep[r][0]
-            metrics[f"loss_{a}_r{r}"] = loss[r]
-            metrics[f"params_{a}_r{r}"] = first.params
-            metrics[f"ffn_share_{a}_r{r}"] = first.ffn_params / first.params
-            metrics[f"flops_per_token_{a}_r{r}"] = first.flops
-        drops = [loss[x] - loss[y] for x, y in zip(ratios, ratios[1:], strict=False)]
-        n_down = sum(d > 0 for d in drops)
-        gain = loss[ratios[0]] - loss[ratios[-1]]
-        metrics[f"sweep_{a}_decreasing_steps"] = n_down
-        metrics[f"sweep_{a}_gain"] = gain
-        if n_down == len(drops):
-            family_verdicts[a] = "supported"
-        elif gain > 0 and n_down >= len(drops) / 2:
-            family_verdicts[a] = "partly"
-        else:
-            family_verdicts[a] = "not supported"
-        sweep_txts.append(
-            f"{a}: " + ", ".join(f"r={r} {loss[r]:.4f}" for r in ratios)
-            + f"; falls at {n_down} of {len(drops)} steps of r, {gain:+.4f} from r={ratios[0]} "
-            f"to r={ratios[-1]} [{family_verdicts[a]}]")
-    sweep_verdict = _combine(*family_verdicts.values())
+    sweep = {r: runs[(BASELINE, r)] for r in ratios}
+    slopes = [loss_slope(ratios, [sweep[r][i].val_loss for r in ratios])
+              for i in range(len(seeds))]
+    slope = mean_ci(slopes)
+    metrics["expansion_slope"] = slope
+    for r in ratios:
+        first = sweep[r][0]
+        metrics[f"loss_{BASELINE}_r{r}"] = mean_ci(_losses(sweep[r]))
+        metrics[f"params_{BASELINE}_r{r}"] = first.params
+        metrics[f"ffn_share_{BASELINE}_r{r}"] = first.ffn_params / first.params
+        metrics[f"flops_per_token_{BASELINE}_r{r}"] = first.flops
+    end_gain = paired_diff(_losses(sweep[ratios[0]]), _losses(sweep[ratios[-1]]))
+    metrics[f"gain_r{ratios[0]}_to_r{ratios[-1]}"] = end_gain
+
+    # (b) activations at matched parameters, paired by seed.
+    acts = {a: runs[(a, scale.expansion)] for a in names}
+    plain = [a for a in names if a in PLAIN]
+    gated = [a for a in names if a in GATED]
+    per_seed = {kind: [statistics.fmean(acts[a][i].val_loss for a in group)
+                       for i in range(len(seeds))]
+                for kind, group in (("plain", plain), ("gated", gated))}
+    glu_gain = paired_diff(per_seed["plain"], per_seed["gated"])  # > 0: gated better
+    base_params = acts[BASELINE][0].params
+    mismatch = max(abs(acts[a][0].params - base_params) / base_params for a in names)
+    for a in names:
+        metrics[f"loss_{a}"] = mean_ci(_losses(acts[a]))
+        metrics[f"params_{a}"] = acts[a][0].params
+        metrics[f"hidden_{a}"] = acts[a][0].hidden
+    metrics["plain_mean"] = mean_ci(per_seed["plain"])
+    metrics["glu_mean"] = mean_ci(per_seed["gated"])
+    metrics["glu_gain"] = glu_gain
+    metrics["param_mismatch"] = mismatch
+    act_mean = {a: metrics[f"loss_{a}"].value for a in names}
+    rho = None
+    if len(names) >= 3:
+        rho = rank_correlation([act_mean[a] for a in names], [SHAZEER[a] for a in names])
+        metrics["rank_corr_shazeer"] = rho
+
+    checks = [
+        Check("expansion: loss change per doubling of r", slope, "<=", MAX_EXPANSION_SLOPE,
+              why="a wider FFN must lower the loss; the line is no change"),
+        Check("glu_gain: plain minus gated loss at matched parameters", glu_gain, ">=",
+              MIN_GLU_GAIN, why="gated must beat plain; the line is a tie"),
+        Check("param_mismatch: matched models' parameter gap", exact(mismatch), "<=",
+              MAX_PARAM_MISMATCH, counted=False,
+              why="context: fixed by the 2/3 width rule and d, not by the run"),
+    ]
+    figures = [plot_diagram(scale, ctx), plot_sweep(sweep, slope, scale, ctx),
+               plot_activations(acts, glu_gain, ctx)]
+
     size_txt = "; ".join(
         f"r={r}: {metrics[f'params_{BASELINE}_r{r}']:,} params "
         f"(FFN {metrics[f'ffn_share_{BASELINE}_r{r}']:.0%}), "
         f"{_si(metrics[f'flops_per_token_{BASELINE}_r{r}'])}FLOP/token" for r in ratios)
-
-    # (b) activations at matched parameters
-    names = list(PLAIN + GATED)
-    acts = {a: runs[(a, scale.expansion)] for a in names}
-    act_loss = {a: _mean_loss(acts[a]) for a in names}
-    base_params = acts[BASELINE][0].params
-    mismatch = max(abs(acts[a][0].params - base_params) / base_params for a in names)
-    for a in names:
-        metrics[f"loss_{a}"] = act_loss[a]
-        if (a, scale.expansion) in spreads:
-            metrics[f"loss_{a}_spread"] = spreads[(a, scale.expansion)]
-        metrics[f"params_{a}"] = acts[a][0].params
-        metrics[f"hidden_{a}"] = acts[a][0].hidden
-    metrics["param_mismatch"] = mismatch
-    plain_mean = statistics.mean(act_loss[a] for a in PLAIN)
-    glu_mean = statistics.mean(act_loss[a] for a in GATED)
-    glu_gain = plain_mean - glu_mean  # > 0: gated better
-    # The gain within each seed every variant ran with: GLU must win seed by seed.
-    per_seed_gain = [statistics.mean(acts[a][s].val_loss for a in PLAIN)
-                     - statistics.mean(acts[a][s].val_loss for a in GATED)
-                     for s in range(scale.seeds)]
-    metrics["plain_mean"] = plain_mean
-    metrics["glu_mean"] = glu_mean
-    metrics["glu_gain"] = glu_gain
-    metrics["glu_gain_min_seed"] = min(per_seed_gain)
-    metrics["glu_beats_all_plain"] = int(max(act_loss[a] for a in GATED)
-                                         < min(act_loss[a] for a in PLAIN))
-    rho = rank_correlation([act_loss[a] for a in names], [SHAZEER[a] for a in names])
-    metrics["rank_corr_shazeer"] = rho
-    glu_verdict: Verdict
-    if mismatch > MAX_PARAM_MISMATCH or glu_gain <= 0:
-        glu_verdict = "not supported"
-    elif glu_gain > noise and min(per_seed_gain) > 0:  # False when noise is unmeasured
-        glu_verdict = "supported"
-    else:
-        glu_verdict = "partly"  # better on average, but not beyond the seed noise
-    verdict = _combine(sweep_verdict, glu_verdict)
-
-    figures = [plot_diagram(scale, ctx), plot_sweep(sweeps, scale, ctx),
-               plot_activations(acts, scale, ctx)]
-
-    act_txt = ", ".join(f"{a} {act_loss[a]:.4f}" for a in sorted(names, key=act_loss.get))
-    params_txt = ", ".join(f"{a} {acts[a][0].params:,}" for a in names)
-    ref_order = ", ".join(sorted(names, key=SHAZEER.get))
-    noise_txt = (f"a seed-to-seed spread (max - min) of {noise:.4f}, mean over "
-                 + ", ".join(f"{a} r={r} ({len(runs[(a, r)])} seeds: {v:.4f})"
-                             for (a, r), v in spreads.items())
-                 if spreads else "no measured seed noise (one seed per model)")
+    loss_txt = ", ".join(f"r={r} {metrics[f'loss_{BASELINE}_r{r}'].text('.4f')}"
+                         for r in ratios)
+    act_txt = ", ".join(f"{a} {metrics[f'loss_{a}'].text('.4f')}"
+                        for a in sorted(names, key=act_mean.get))
+    rho_txt = (f"; rank correlation of this run's ordering with Shazeer 2020's "
+               f"(ReLU 1.997, GELU 1.983, Swish 1.994, ReGLU 1.953, GEGLU 1.942, SwiGLU "
+               f"1.944): {rho:+.2f}" if rho is not None else
+               "; Shazeer 2020 (T5-base): GELU 1.983, SwiGLU 1.944 log-perplexity")
     evidence = (
         f"Byte-level TransformerLM, d={scale.d_model}, {scale.n_layers} layers, "
-        f"{scale.steps} steps of {scale.batch}x{scale.seq_len} tokens; held-out loss in "
-        f"nats/byte, {noise_txt}. "
-        f"(a) Expansion sweep, sizes ({BASELINE}; SwiGLU matches them): {size_txt}. "
-        f"Losses: {'. '.join(sweep_txts)}. Sweep overall [{sweep_verdict}]. "
-        f"(b) Matched parameters ({params_txt}; hidden {metrics['hidden_gelu']} plain vs "
-        f"{metrics['hidden_swiglu']} gated; largest mismatch {mismatch:.2%}, limit "
-        f"{MAX_PARAM_MISMATCH:.0%}): best to worst {act_txt}. Gated mean {glu_mean:.4f} vs "
-        f"plain mean {plain_mean:.4f}, gain {glu_gain:+.4f} (per seed: "
-        f"{', '.join(f'{g:+.4f}' for g in per_seed_gain)}; noise "
-        f"{f'{noise:.4f}' if spreads else 'not measured'}) "
-        f"[{glu_verdict}]. "
-        f"Shazeer 2020 (T5-base, log-perplexity) orders them {ref_order} "
-        f"(ReLU 1.997, GELU 1.983, Swish 1.994, ReGLU 1.953, GEGLU 1.942, SwiGLU 1.944); "
-        f"rank correlation of this run's ordering with it: {rho:+.2f}."
+        f"{scale.steps} steps of {scale.batch}x{scale.seq_len} tokens, {len(seeds)} seeds "
+        f"per model (paired: same init outside the FFN, same batches); held-out loss in "
+        f"nats/byte, mean [95% interval]. (a) Sizes ({BASELINE}): {size_txt}. Losses: "
+        f"{loss_txt}; r={ratios[0]} minus r={ratios[-1]} {end_gain.text('+.4f')}. "
+        f"{checks[0].text('+.4f')}. "
+        f"(b) Matched parameters (hidden {acts[BASELINE][0].hidden} plain vs "
+        f"{acts[gated[0]][0].hidden} gated): {act_txt}. {checks[1].text('+.4f')}"
+        f"{rho_txt}. Context: {checks[2].text('.2%')}."
     )
-    return Outcome(metrics=metrics, verdict=verdict, evidence=evidence, figures=figures)
+    return Outcome(metrics=metrics, evidence=evidence, checks=checks, figures=figures)
 
 
 EXPERIMENT = Experiment(
@@ -552,4 +542,5 @@ EXPERIMENT = Experiment(
         "GELU, SiLU) at matched parameters (Shazeer 2020)."
     ),
     run=run,
+    seconds={"quick": 44, "full": 480},  # quick measured (CPU s), full estimated
 )

@@ -11,25 +11,35 @@ informative words and sentences.
 Three models at comparable width, trained with the same steps, batches and optimiser:
 ``flat`` (one transformer over the document's words, attention pooling), ``han``
 (BiGRU + attention at both levels) and ``hierarchical`` (HAT-style transformer:
-within-segment layers, across-segment layers, back down). Measurements:
+within-segment layers, across-segment layers, back down). Every model runs on the same
+``Scale.seeds`` repetition seeds (``ctx.seeds``); comparisons are paired by seed.
+Checks, each on a 95% interval (thresholds are the module constants):
 
-(a) accuracy on two tasks: the shipped real-text set (Python reference topics, 5
-    classes) and the synthetic negation-majority set, whose label needs each negator
-    matched to its own sentence;
-(b) cost vs document length: median time of one training step (forward + backward) and
-    peak memory, documents of S sentences x W words with S doubling, one thread;
-(c) where the attention goes: on the synthetic test set, the share of HAN's sentence
-    attention on the sentences holding a polar word (against the uniform share), and
-    the figure: word- and sentence-level heat maps over real test documents and a
-    synthetic one.
+(a) accuracy, four counted checks: on each task, each hierarchical model's test
+    accuracy minus flat's, per seed, must stay above -``MAX_ACC_DEFICIT``
+    (non-inferiority). Tasks: the shipped real-text set (Python reference topics, 5
+    classes, one fixed split: its seeds vary init and batch order) and the synthetic
+    negation-majority set, whose label needs each negator matched to its own sentence
+    (each seed draws its own documents). Each model is held to flat on its own -- no
+    "better of the two", which would pick on the test set -- and accuracy is read once,
+    after the last step, so there is no model selection needing a validation split;
+(b) cost vs document length, two counted checks: documents of S sentences x W words
+    with S doubling over at least four lengths, one training step (forward + backward)
+    of each model timed in interleaved rounds (A B C A B C ..., one thread): the
+    hierarchical transformer's speed-up over flat at the longest length, and the time
+    growth exponent of flat minus that of the hierarchical model (one exponent per
+    round, paired). Peak memory is shown, not checked: torch's memory-efficient
+    attention kernel keeps flat attention's memory linear, so the claim is about time;
+(c) where the attention goes, one counted check: on the synthetic test set, the share
+    of HAN's sentence attention on the sentences holding a polar word divided by the
+    share uniform attention would give them, per seed; and the figure: word- and
+    sentence-level heat maps over real test documents and a synthetic one.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import textwrap
-import time
 from dataclasses import dataclass
 
 import matplotlib
@@ -48,12 +58,16 @@ from blocklab.data.documents import (  # noqa: E402
     parse_document,
     synthetic_documents,
 )
-from blocklab.lab.base import (  # noqa: E402
-    Context,
-    Experiment,
-    Outcome,
-    torch_threads,
-    verdict_of,
+from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.estimate import (  # noqa: E402
+    Check,
+    Timing,
+    interleaved_timings,
+    mean_ci,
+    median_ci,
+    paired_diff,
+    slope_ci,
+    speedup,
 )
 from blocklab.lab.measure import peak_memory_bytes  # noqa: E402
 from blocklab.models.classifier import (  # noqa: E402
@@ -78,9 +92,10 @@ class Scale:
         real_sentences, real_words: S, W of the real documents (longer ones are cut).
         d_model, n_heads, n_layers: model width, heads, transformer layers.
         steps_synthetic, steps_real, batch, lr: training budget, the same for every model.
-        seeds: training runs per model and task (accuracies are averaged).
+        seeds: repetitions per model and task (``ctx.seeds``), paired across models.
         cost_sentences, cost_words, cost_batch, repeats: the cost sweep's documents
-            (S values, W) and batch; median of ``repeats`` timed steps after a warm-up.
+            (at least four S values, W) and batch; ``repeats`` interleaved rounds of
+            timed steps after a warm-up.
     """
 
     n_synthetic: int
@@ -107,42 +122,67 @@ class Scale:
                      "steps_real", "batch", "seeds", "cost_words", "cost_batch", "repeats"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if len(self.cost_sentences) < 2:
+        if len(self.cost_sentences) < 4:
             raise ValueError(
-                f"cost_sentences needs at least two values for a slope, got {self.cost_sentences}"
+                f"cost_sentences needs at least four values for a slope, got {self.cost_sentences}"
             )
+        if self.seeds < 2 or self.repeats < 2:
+            raise ValueError(f"seeds ({self.seeds}) and repeats ({self.repeats}) must be >= 2 "
+                             "for an interval")
         if self.syn_sentences < 8:
             raise ValueError(f"syn_sentences ({self.syn_sentences}) must be >= 8 "
                              "(synthetic documents have up to 8 sentences)")
 
 
 SCALES: dict[str, Scale] = {
-    "quick": Scale(n_synthetic=2000, syn_sentences=8, syn_words=12, real_sentences=16,
-                   real_words=24, d_model=32, n_heads=4, n_layers=1, steps_synthetic=300,
-                   steps_real=120, batch=32, lr=1e-2, seeds=1, cost_sentences=(4, 16, 64),
-                   cost_words=32, cost_batch=4, repeats=3),
-    "full": Scale(n_synthetic=4000, syn_sentences=8, syn_words=12, real_sentences=24,
-                  real_words=32, d_model=64, n_heads=4, n_layers=2, steps_synthetic=800,
-                  steps_real=400, batch=32, lr=5e-3, seeds=3,
+    # 4 seeds x 2 tasks x 3 models = 24 runs of ~2 s of one core (57 s of CPU with the
+    # cost sweep, over the 40 s aim: fewer seeds flip the verdict): shorter real
+    # documents (12 x 16 words instead of 16 x 24) and fewer steps buy the repetitions
+    # (at 3 seeds the t-interval is too wide to tell a 12-point deficit from a tie).
+    "quick": Scale(n_synthetic=2000, syn_sentences=8, syn_words=12, real_sentences=12,
+                   real_words=16, d_model=32, n_heads=4, n_layers=1, steps_synthetic=120,
+                   steps_real=60, batch=32, lr=1e-2, seeds=4,
+                   cost_sentences=(4, 8, 16, 32, 64), cost_words=32, cost_batch=4, repeats=4),
+    # ~7 minutes on one core (estimated from the quick runs by scaling the work): 30
+    # runs of ~15 s, and the cost sweep to 4096 words.
+    "full": Scale(n_synthetic=4000, syn_sentences=8, syn_words=12, real_sentences=16,
+                  real_words=24, d_model=64, n_heads=4, n_layers=1, steps_synthetic=300,
+                  steps_real=150, batch=32, lr=5e-3, seeds=5,
                   cost_sentences=(4, 8, 16, 32, 64, 128), cost_words=32, cost_batch=4,
                   repeats=5),
     # A seconds-long run for tests of the plumbing; its numbers mean little.
     "smoke": Scale(n_synthetic=120, syn_sentences=8, syn_words=12, real_sentences=6,
                    real_words=10, d_model=16, n_heads=2, n_layers=1, steps_synthetic=3,
-                   steps_real=3, batch=16, lr=1e-2, seeds=1, cost_sentences=(2, 4),
-                   cost_words=8, cost_batch=2, repeats=1),
+                   steps_real=3, batch=16, lr=1e-2, seeds=2, cost_sentences=(1, 2, 4, 8),
+                   cost_words=8, cost_batch=2, repeats=2),
 }
 
 REAL_WORDS_PER_DOC = 100  # ~400 documents of ~9 sentences from the shipped reference
 REAL_TEST_FRACTION = 0.25
 
-# Verdict thresholds.
-# The better hierarchical model may trail flat by at most 2 points or by two standard
-# errors of the accuracy difference on the test set, whichever is larger (100 real test
-# documents cannot resolve 2 points).
+TASKS = ("real", "synthetic")
+HIERARCHICAL_KINDS = ("han", "hierarchical")  # each is held to the flat baseline
+
+# Thresholds.
+# "At least as well" is non-inferiority: a hierarchical model may trail flat by less
+# than 2 points -- below the 2-4 points by which HAN beat its flat baselines (Yang et
+# al. 2016), and four times the 0.5-point gap a reproduction measured, so a bigger loss
+# is a real one. The margin is on the mean over seeds of the paired difference; it is
+# no longer widened by the test set's binomial error.
 MAX_ACC_DEFICIT = 0.02
-MIN_SPEEDUP = 1.5  # hierarchical transformer vs flat, one training step, longest documents
-MIN_ATTENTION_LIFT = 2.0  # HAN's sentence attention on polar sentences vs the uniform share
+ACC_WHY = "non-inferiority: trail flat by less than 2 points"
+# Cheaper: 1.5x at the longest documents, about the 40-45% HAT reports against
+# Longformer at 4096 tokens (flat full attention should be the easier peer).
+MIN_SPEEDUP = 1.5
+SPEEDUP_WHY = "about HAT's 40-45% gain over Longformer at 4096 tokens"
+# "Costs less as documents grow": the time exponent of the hierarchical model must be
+# below the flat one's; the claim is a direction, so the line is equal growth.
+MIN_EXPONENT_GAP = 0.0
+EXPONENT_WHY = "hierarchical time must grow slower than flat; the line is equal growth"
+# Attention that "singles out" the deciding sentences: at least twice the share that
+# uniform attention would put on them.
+MIN_ATTENTION_LIFT = 2.0
+LIFT_WHY = "at least twice the uniform share on the sentences holding a polar word"
 
 
 def scale_for(ctx: Context) -> Scale:
@@ -168,28 +208,32 @@ def synthetic_set(scale: Scale, seed: int) -> DocumentSet:
 
 
 def train_one(kind: str, data: DocumentSet, steps: int, seed: int, scale: Scale,
-              ctx: Context) -> tuple[DocumentClassifier, float, float]:
-    """(model, test accuracy, training seconds)."""
+              ctx: Context) -> tuple[DocumentClassifier, float]:
+    """(model, test accuracy at the end of training) from repetition seed ``seed``.
+
+    The accuracy is read once, after the last step: nothing is selected on the test
+    set (no early stopping, no best-of), so no validation split is needed."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.seed * 7919 + seed)
+        torch.manual_seed(seed * 7919 + 1)
         model = make_classifier(kind, vocab_size=data.vocab_size, n_classes=data.n_classes,
                                 d_model=scale.d_model, n_heads=scale.n_heads,
                                 n_layers=scale.n_layers)
     with torch_threads(1):
         history = train_classifier(
             model, data.train_x, data.train_y, steps=steps, batch_size=scale.batch,
-            lr=scale.lr, warmup=max(1, steps // 20), seed=ctx.seed * 31 + seed,
+            lr=scale.lr, warmup=max(1, steps // 20), seed=seed * 31 + 1,
             device=ctx.device, eval_x=data.test_x, eval_y=data.test_y,
         )
-    return model.cpu().eval(), history.eval_accuracies[-1], history.seconds
+    return model.cpu().eval(), history.eval_accuracies[-1]
 
 
 # ---------------------------------------------------------------------- (b) cost
 
-def measure_cost(scale: Scale, ctx: Context) -> dict[str, dict[int, float]]:
-    """Per document length L = S W: median ms and peak memory of one training step."""
-    res: dict[str, dict[int, float]] = {f"{m}_{k}": {} for m in ("ms", "mem")
-                                        for k in CLASSIFIER_KINDS}
+def measure_cost(scale: Scale, ctx: Context) -> dict[str, dict[int, dict]]:
+    """Per document length L = S W: interleaved timings of one training step of each
+    model ({"timings": {L: {kind: Timing}}}) and its peak memory ({"mem": {L: {kind:
+    bytes}}})."""
+    res: dict[str, dict[int, dict]] = {"timings": {}, "mem": {}}
     g = ctx.generator(5)
     W = scale.cost_words
     for S in ctx.progress(scale.cost_sentences, "hierarchical: cost",
@@ -208,27 +252,26 @@ def measure_cost(scale: Scale, ctx: Context) -> dict[str, dict[int, float]]:
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(x).logits, y).backward()
 
-        times: dict[str, list[float]] = {k: [] for k in CLASSIFIER_KINDS}
         with torch_threads(1):
-            for kind, model in models.items():
-                step(model)  # warm-up
-                res[f"mem_{kind}"][S * W] = peak_memory_bytes(lambda m=model: step(m),
-                                                              ctx.device)
-            for _ in range(scale.repeats):  # interleaved: load drift hits all alike
-                for kind, model in models.items():
-                    start = time.perf_counter()
-                    step(model)
-                    if ctx.device.type == "cuda":
-                        torch.cuda.synchronize(ctx.device)
-                    times[kind].append((time.perf_counter() - start) * 1e3)
-        for kind in CLASSIFIER_KINDS:
-            res[f"ms_{kind}"][S * W] = statistics.median(times[kind])
+            res["mem"][S * W] = {kind: peak_memory_bytes(lambda m=m: step(m), ctx.device)
+                                 for kind, m in models.items()}
+            res["timings"][S * W] = interleaved_timings(
+                {kind: (lambda m=m: step(m)) for kind, m in models.items()},
+                repeats=scale.repeats, device=ctx.device)
     return res
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of log y against log x."""
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def time_exponents(timings: dict[int, dict[str, Timing]], kind: str) -> list[float]:
+    """One growth exponent per interleaved round: the slope of log time on log L over
+    the lengths, round i of every length taken together (for paired comparisons)."""
+    lengths = sorted(timings)
+    rounds = len(timings[lengths[0]][kind].wall)
+    return [slope(lengths, [timings[n][kind].wall[i] for n in lengths]) for i in range(rounds)]
 
 
 # ------------------------------------------------------------------ (c) attention
@@ -306,111 +349,131 @@ def plot_heat_maps(examples: list[tuple[str, DocumentClassifier, DocumentSet, in
     return rel
 
 
-def plot_cost_accuracy(acc: dict[str, dict[str, float]], cost: dict[str, dict[int, float]],
-                       scale: Scale, ctx: Context) -> str:
+def plot_cost_accuracy(acc: dict[tuple[str, str], list[float]], metrics: dict,
+                       lengths: list[int], scale: Scale, ctx: Context) -> str:
+    """Accuracy bars (mean, 95% interval, seeds as dots); time per step (median and its
+    interval) and peak memory against document length."""
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
-    tasks = list(acc)
-    x = np.arange(len(tasks))
+    x = np.arange(len(TASKS))
     for i, kind in enumerate(CLASSIFIER_KINDS):
-        vals = [acc[t][kind] for t in tasks]
-        bars = ax.bar(x + (i - 1) * 0.27, vals, 0.27, label=kind)
-        for b, v in zip(bars, vals, strict=True):
-            ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.2f}", ha="center", va="bottom",
-                    fontsize=8)
-    ax.set_xticks(x, tasks)
-    ax.set_ylim(0, 1.08)
-    ax.set_ylabel(f"test accuracy (mean of {scale.seeds} seed(s))")
+        est = [metrics[f"acc_{t}_{kind}"] for t in TASKS]
+        err = [[e.value - max(e.low, 0.0) for e in est],
+               [min(e.high, 1.0) - e.value for e in est]]
+        pos = x + (i - 1) * 0.27
+        bars = ax.bar(pos, [e.value for e in est], 0.27, yerr=err, capsize=4, label=kind)
+        for j, t in enumerate(TASKS):
+            ax.plot([pos[j]] * len(acc[(t, kind)]), acc[(t, kind)], "k.", ms=4)
+        for b, e in zip(bars, est, strict=True):
+            ax.text(b.get_x() + b.get_width() / 2, min(e.high, 1.0), f"{e.value:.2f}",
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, TASKS)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel(f"test accuracy ({scale.seeds} seeds: mean, 95% interval)")
     ax.set_title("Accuracy at equal training budget")
     ax.legend(loc="lower right")
-    lengths = sorted(cost["ms_flat"])
-    for ax, key, label in ((axes[1], "ms", "median ms per training step (1 thread)"),
-                           (axes[2], "mem", "peak memory of a step (MiB)")):
-        for kind, style in zip(CLASSIFIER_KINDS, ("o-", "s-", "^-"), strict=True):
-            ys = [cost[f"{key}_{kind}"][n] / (2**20 if key == "mem" else 1) for n in lengths]
-            lab = kind
-            if all(y > 0 for y in ys):
-                lab += f" (slope {slope(lengths, ys):.2f})"
-            ax.loglog(lengths, ys, style, base=2, label=lab)
+    for kind, style in zip(CLASSIFIER_KINDS, ("o-", "s-", "^-"), strict=True):
+        est = [metrics[f"ms_{kind}_L{n}"] for n in lengths]
+        err = [[e.value - e.low for e in est], [e.high - e.value for e in est]]
+        axes[1].errorbar(lengths, [e.value for e in est], yerr=err, fmt=style, capsize=3,
+                         label=f"{kind} (exponent {metrics[f'time_slope_{kind}'].text('.2f')})")
+        mem = [metrics[f"mem_{kind}_L{n}"] / 2**20 for n in lengths]
+        if all(m > 0 for m in mem):
+            axes[2].plot(lengths, mem, style, label=f"{kind} (slope {slope(lengths, mem):.2f})")
+    for ax, label in ((axes[1], "ms per training step (1 thread): median, interval"),
+                      (axes[2], "peak memory of a step (MiB; one count, exact)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
         ax.set_xlabel(f"document length S x W (W = {scale.cost_words} words per sentence)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    axes[1].set_title(f"Time vs length, batch {scale.cost_batch}, d={scale.d_model}")
+        ax.legend(fontsize=8)
+    axes[1].set_title(f"Time vs length, batch {scale.cost_batch}, d={scale.d_model}, "
+                      f"{scale.repeats} interleaved rounds", fontsize=10)
     axes[2].set_title("Memory vs length")
     fig.tight_layout()
-    rel = ctx.save_figure(fig, "hierarchical_cost_accuracy")
-    return rel
+    return ctx.save_figure(fig, "hierarchical_cost_accuracy")
 
 
 # --------------------------------------------------------------------------------- run
 
 def run(ctx: Context) -> Outcome:
     scale = scale_for(ctx)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, object] = {}
+    seeds = ctx.seeds(scale.seeds)
 
-    tasks = {
-        "real": (load_documents("reference", max_sentences=scale.real_sentences,
-                                max_words=scale.real_words, words_per_doc=REAL_WORDS_PER_DOC,
-                                test_fraction=REAL_TEST_FRACTION), scale.steps_real),
-        "synthetic": (synthetic_set(scale, ctx.seed), scale.steps_synthetic),
-    }
-    acc: dict[str, dict[str, float]] = {t: {} for t in tasks}
+    # The real set is one fixed split (the seeds vary init and batch order); each seed
+    # draws its own synthetic documents, so that task's interval holds the data's noise.
+    real = load_documents("reference", max_sentences=scale.real_sentences,
+                          max_words=scale.real_words, words_per_doc=REAL_WORDS_PER_DOC,
+                          test_fraction=REAL_TEST_FRACTION)
+    data = {("real", s): real for s in seeds}
+    data |= {("synthetic", s): synthetic_set(scale, s) for s in seeds}
+    steps = {"real": scale.steps_real, "synthetic": scale.steps_synthetic}
+    acc: dict[tuple[str, str], list[float]] = {}
+    lifts: list[float] = []
     han: dict[str, DocumentClassifier] = {}
-    jobs = [(t, kind, seed) for t in tasks for kind in CLASSIFIER_KINDS
-            for seed in range(scale.seeds)]
-    runs: dict[tuple[str, str], list[float]] = {}
+    jobs = [(t, kind, s) for s in seeds for t in TASKS for kind in CLASSIFIER_KINDS]
     for task, kind, seed in ctx.progress(jobs, "hierarchical: training", total=len(jobs)):
-        data, steps = tasks[task]
-        model, accuracy, seconds = train_one(kind, data, steps, seed, scale, ctx)
-        runs.setdefault((task, kind), []).append(accuracy)
-        metrics[f"train_seconds_{task}_{kind}_seed{seed}"] = seconds
-        if kind == "han" and seed == 0:
-            han[task] = model
+        d = data[(task, seed)]
+        model, accuracy = train_one(kind, d, steps[task], seed, scale, ctx)
+        acc.setdefault((task, kind), []).append(accuracy)
         metrics[f"params_{task}_{kind}"] = sum(p.numel() for p in model.parameters())
-    for (task, kind), accs in runs.items():
-        acc[task][kind] = statistics.mean(accs)
-        metrics[f"acc_{task}_{kind}"] = acc[task][kind]
-    for task, (data, _) in tasks.items():
-        counts = torch.bincount(data.test_y, minlength=data.n_classes)
+        if kind == "han" and task == "synthetic":
+            shares, uniforms, _ = polar_shares(model, d)
+            lifts.append(shares.mean().item() / max(uniforms.mean().item(), 1e-12))
+        if kind == "han" and seed == seeds[0]:
+            han[task] = model
+
+    checks: list[Check] = []
+    for task in TASKS:
+        d = data[(task, seeds[0])]
+        counts = torch.bincount(d.test_y, minlength=d.n_classes)
         metrics[f"majority_baseline_{task}"] = (counts.max() / counts.sum()).item()
-        metrics[f"n_train_{task}"] = len(data.train_y)
-        metrics[f"n_test_{task}"] = len(data.test_y)
-    deficits, allowed = {}, {}
-    for t, (data, _) in tasks.items():
-        best = max(acc[t]["han"], acc[t]["hierarchical"])
-        deficits[t] = acc[t]["flat"] - best
-        n = len(data.test_y)
-        se = math.sqrt((acc[t]["flat"] * (1 - acc[t]["flat"]) + best * (1 - best)) / n)
-        allowed[t] = max(MAX_ACC_DEFICIT, 2 * se)
-        metrics[f"flat_minus_best_hierarchical_{t}"] = deficits[t]
-        metrics[f"allowed_deficit_{t}"] = allowed[t]
+        metrics[f"n_train_{task}"] = len(d.train_y)
+        metrics[f"n_test_{task}"] = len(d.test_y)
+        for kind in CLASSIFIER_KINDS:
+            metrics[f"acc_{task}_{kind}"] = mean_ci(acc[(task, kind)])
+        for kind in HIERARCHICAL_KINDS:
+            diff = paired_diff(acc[(task, kind)], acc[(task, "flat")])
+            metrics[f"{kind}_minus_flat_{task}"] = diff
+            checks.append(Check(f"accuracy {task}: {kind} minus flat", diff, ">=",
+                                -MAX_ACC_DEFICIT, why=ACC_WHY))
 
     cost = measure_cost(scale, ctx)
-    lengths = sorted(cost["ms_flat"])
-    for key, per_n in cost.items():
-        for n, value in per_n.items():
-            metrics[f"{key}_L{n}"] = value
-    for kind in CLASSIFIER_KINDS:
-        metrics[f"time_slope_{kind}"] = slope(lengths, [cost[f"ms_{kind}"][n] for n in lengths])
+    lengths = sorted(cost["timings"])
     L = lengths[-1]
-    speedup = cost["ms_flat"][L] / cost["ms_hierarchical"][L]
-    mem_ratio = cost["mem_hierarchical"][L] / cost["mem_flat"][L] if cost["mem_flat"][L] > 0 \
-        else math.nan
-    metrics["speedup_hierarchical_vs_flat"] = speedup
-    metrics["speedup_han_vs_flat"] = cost["ms_flat"][L] / cost["ms_han"][L]
+    for n in lengths:
+        for kind in CLASSIFIER_KINDS:
+            metrics[f"ms_{kind}_L{n}"] = median_ci([t * 1e3 for t in cost["timings"][n][kind].wall])
+            metrics[f"mem_{kind}_L{n}"] = cost["mem"][n][kind]
+    exponents = {kind: time_exponents(cost["timings"], kind) for kind in CLASSIFIER_KINDS}
+    for kind in CLASSIFIER_KINDS:
+        xs = [n for n in lengths for _ in cost["timings"][n][kind].wall]
+        ys = [t for n in lengths for t in cost["timings"][n][kind].wall]
+        metrics[f"time_slope_{kind}"] = slope_ci(xs, ys)
+    gap = paired_diff(exponents["flat"], exponents["hierarchical"])
+    metrics["time_slope_gap_flat_minus_hierarchical"] = gap
+    speed = speedup(cost["timings"][L], slow="flat", fast="hierarchical")
+    metrics["speedup_hierarchical_vs_flat"] = speed
+    metrics["speedup_han_vs_flat"] = speedup(cost["timings"][L], slow="flat", fast="han")
+    mem = cost["mem"][L]
+    mem_ratio = mem["hierarchical"] / mem["flat"] if mem["flat"] > 0 else math.nan
     metrics["memory_ratio_hierarchical_vs_flat"] = mem_ratio
+    checks.append(Check(f"speed-up of hierarchical over flat at L={L}", speed, ">=",
+                        MIN_SPEEDUP, why=SPEEDUP_WHY))
+    checks.append(Check("time exponent: flat minus hierarchical", gap, ">=",
+                        MIN_EXPONENT_GAP, why=EXPONENT_WHY))
 
-    syn = tasks["synthetic"][0]
-    shares, uniforms, right = polar_shares(han["synthetic"], syn)
-    share, uniform = shares.mean().item(), uniforms.mean().item()
-    lift = share / max(uniform, 1e-12)
-    metrics["han_polar_sentence_share_median"] = shares.median().item()
-    metrics["han_polar_sentence_share"] = share
-    metrics["uniform_polar_sentence_share"] = uniform
+    lift = mean_ci(lifts)
     metrics["han_polar_attention_lift"] = lift
+    checks.append(Check("HAN sentence attention on polar sentences / uniform", lift, ">=",
+                        MIN_ATTENTION_LIFT, why=LIFT_WHY))
 
-    real = tasks["real"][0]
+    syn = data[("synthetic", seeds[0])]
+    shares, uniforms, right = polar_shares(han["synthetic"], syn)
+    metrics["han_polar_sentence_share"] = shares.mean().item()
+    metrics["uniform_polar_sentence_share"] = uniforms.mean().item()
     # Heat-map documents: the first two real test documents HAN gets right with 4-10
     # sentences (readable), and a synthetic one.
     with torch.no_grad():
@@ -420,57 +483,44 @@ def run(ctx: Context) -> Outcome:
     picks = (picks or list(range(min(2, len(real.test_y)))))[:2]
     # The synthetic one: a correctly classified document with a negated polar sentence
     # whose polar-sentence share is nearest the median (a typical one, not the best).
-    negated = [i for i, d in enumerate(syn.test_texts) if right[i] and any(
-        {"not", "never", "hardly"} & set(s) and POLAR_WORDS & set(s) for s in d)] or [0]
-    median = shares.median()
-    negated = min(negated, key=lambda i: abs(shares[i].item() - median.item()))
+    negated = [i for i, doc in enumerate(syn.test_texts) if right[i] and any(
+        {"not", "never", "hardly"} & set(s) and POLAR_WORDS & set(s) for s in doc)] or [0]
+    median = shares.median().item()
+    negated = min(negated, key=lambda i: abs(shares[i].item() - median))
     examples = [(f"Real test document {i} ({real.name})", han["real"], real, i) for i in picks]
     examples.append((f"Synthetic test document {negated} (typical polar-sentence share)",
                      han["synthetic"], syn, negated))
-    figures = [plot_heat_maps(examples, ctx), plot_cost_accuracy(acc, cost, scale, ctx)]
+    figures = [plot_heat_maps(examples, ctx), plot_cost_accuracy(acc, metrics, lengths, scale,
+                                                                 ctx)]
 
-    checks = {
-        "accuracy": all(deficits[t] <= allowed[t] for t in tasks),
-        "cost": speedup >= MIN_SPEEDUP
-        and metrics["time_slope_hierarchical"] < metrics["time_slope_flat"],
-        "attention": lift >= MIN_ATTENTION_LIFT,
-    }
-    held = sum(checks.values())
-    verdict = verdict_of(checks)
-
-    def mark(name: str) -> str:
-        return "holds" if checks[name] else "fails"
-
-    acc_txt = "; ".join(
-        f"{t} ({len(tasks[t][0].train_y)} train / {len(tasks[t][0].test_y)} test docs, "
-        f"majority {metrics[f'majority_baseline_{t}']:.2f}): "
-        + ", ".join(f"{k} {acc[t][k]:.3f}" for k in CLASSIFIER_KINDS)
-        for t in tasks)
     mib = 2**20
+    acc_txt = "; ".join(
+        f"{t} ({metrics[f'n_train_{t}']} train / {metrics[f'n_test_{t}']} test docs, "
+        f"majority {metrics[f'majority_baseline_{t}']:.2f}): "
+        + ", ".join(f"{k} {metrics[f'acc_{t}_{k}'].text('.3f')}" for k in CLASSIFIER_KINDS)
+        for t in TASKS)
     evidence = (
-        f"Test accuracy after the same training budget (mean of {scale.seeds} seed(s)): "
-        f"{acc_txt}. Flat minus the better hierarchical model: "
-        + ", ".join(f"{t} {deficits[t]:+.3f} (allowed <= {allowed[t]:.3f}: {MAX_ACC_DEFICIT} or "
-                    f"2 standard errors)" for t in tasks)
-        + f" [{mark('accuracy')}]; "
-        f"a HAN reproduction found flat attention within 0.5 points of HAN on Yelp-scale "
-        f"data, so ties on the real set are expected. One training step on {scale.cost_batch} "
-        f"documents of L = S x {scale.cost_words} words, L = {lengths[0]}..{L}: time slopes "
-        f"flat {metrics['time_slope_flat']:.2f}, HAN {metrics['time_slope_han']:.2f}, "
-        f"hierarchical {metrics['time_slope_hierarchical']:.2f}; at L={L} flat "
-        f"{cost['ms_flat'][L]:.0f} ms, HAN {cost['ms_han'][L]:.0f} ms, hierarchical "
-        f"{cost['ms_hierarchical'][L]:.0f} ms ({speedup:.1f}x faster than flat; need >= "
-        f"{MIN_SPEEDUP}x and a smaller slope; HAT reports 40-45% faster than Longformer at "
-        f"4096) [{mark('cost')}]. Peak memory at L={L}: flat {cost['mem_flat'][L] / mib:.0f}, "
-        f"HAN {cost['mem_han'][L] / mib:.0f}, hierarchical "
-        f"{cost['mem_hierarchical'][L] / mib:.0f} MiB (ratio {mem_ratio:.2f}; torch's flash "
-        f"kernel already keeps flat attention's memory linear, so the hierarchy's saving is "
-        f"time, not memory). On the synthetic test set HAN puts {share:.0%} of its sentence "
-        f"attention on the sentences with a polar word, against {uniform:.0%} for uniform "
-        f"attention ({lift:.1f}x, need >= {MIN_ATTENTION_LIFT}x) [{mark('attention')}]. "
-        f"{held}/{len(checks)} checks hold."
+        f"Test accuracy after the same training budget, mean [95% interval] over "
+        f"{len(seeds)} seeds (paired by seed): {acc_txt}. "
+        + " ".join(c.text("+.3f") + "." for c in checks[:2 * len(TASKS)])
+        + f" A HAN reproduction found flat attention within 0.5 points of HAN on Yelp-scale "
+        f"data, so ties on the real set are expected. One training step on "
+        f"{scale.cost_batch} documents of L = S x {scale.cost_words} words, L = "
+        f"{lengths[0]}..{L}, {scale.repeats} interleaved rounds: time exponents "
+        + ", ".join(f"{k} {metrics[f'time_slope_{k}'].text('.2f')}" for k in CLASSIFIER_KINDS)
+        + f"; at L={L} " + ", ".join(f"{k} {metrics[f'ms_{k}_L{L}'].text('.0f')} ms"
+                                     for k in CLASSIFIER_KINDS)
+        + f". {checks[-3].text('.2f')}; {checks[-2].text('.2f')}; HAT reports 40-45% faster "
+        f"than Longformer at 4096. Peak memory at L={L} (not a check: torch's "
+        f"memory-efficient kernel already keeps flat attention's memory linear, so the "
+        f"hierarchy's saving is time): "
+        + ", ".join(f"{k} {mem[k] / mib:.0f} MiB" for k in CLASSIFIER_KINDS)
+        + f" (ratio {mem_ratio:.2f}). On the synthetic test sets HAN puts "
+        f"{shares.mean().item():.0%} (first seed) of its sentence attention on the sentences "
+        f"with a polar word, against {uniforms.mean().item():.0%} for uniform attention: "
+        f"{checks[-1].text('.2f')}."
     )
-    return Outcome(metrics=metrics, verdict=verdict, evidence=evidence, figures=figures)
+    return Outcome(metrics=metrics, evidence=evidence, checks=checks, figures=figures)
 
 
 EXPERIMENT = Experiment(
@@ -484,4 +534,5 @@ EXPERIMENT = Experiment(
         "of the document that decide the label."
     ),
     run=run,
+    seconds={"quick": 57, "full": 420},  # quick measured (CPU s), full estimated
 )
