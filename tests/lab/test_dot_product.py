@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.estimate import Estimate, mean_ci, ratio_ci, verdict_of
 from blocklab.lab.experiments import dot_product as dp
 from tests.conftest import assert_close
 
@@ -20,7 +21,8 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     outcome = dp.EXPERIMENT.run(Context(quick=True, out_dir=tmp_path))
 
     assert outcome.verdict in VERDICTS
-    expected = {"speedup_min", "acc_dot", "acc_additive", "acc_gap", "var_slope",
+    expected = {"area_dot", "area_additive", "area_gap", "area_scaled_wide",
+                "area_unscaled_wide", "scale_gain", "acc_dot", "acc_additive", "var_slope",
                 "entropy_ratio_dmax", "grad_ratio_dmax", "steps_to_learn_dot",
                 "steps_to_learn_additive"}
     for t in smoke.lengths:
@@ -30,14 +32,54 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                      f"grad_scaled_d{d}", f"grad_unscaled_d{d}", f"saturated_unscaled_d{d}"}
     assert expected <= set(outcome.metrics)
     for key, value in outcome.metrics.items():
-        assert isinstance(value, (int, float)) and math.isfinite(value), (key, value)
-    assert 0.0 <= outcome.metrics["acc_dot"] <= 1.0
-    assert outcome.evidence
+        assert isinstance(value, Estimate), key
+        assert value.samples and value.low <= value.value <= value.high, (key, value)
+    assert 0.0 <= outcome.metrics["acc_dot"].value <= 1.0
+    assert outcome.metrics["area_gap"].n == smoke.seeds  # one paired difference per seed
+
+    counted = [c.name for c in outcome.checks if c.counted]
+    assert counted == [f"speed-up of dot over additive at T=S={t}" for t in smoke.lengths] + [
+        "learning-curve area, dot - additive",
+        "learning-curve area, scaled - unscaled (large d_k)"]
+    assert len(outcome.checks) == len(counted) + 3  # the Gaussian-vector context
+    for check in outcome.checks:
+        assert check.status in ("holds", "fails", "inconclusive")
+        assert check.estimate.samples
+        assert math.isfinite(check.estimate.low) and math.isfinite(check.estimate.high)
+        assert check.text() in outcome.evidence
+    assert outcome.verdict == verdict_of(outcome.checks)
 
     assert len(outcome.figures) == 3
     for rel in outcome.figures:
         path = tmp_path / rel
         assert path.is_file() and path.suffix == ".png" and path.stat().st_size > 10_000
+
+
+def test_checks_follow_the_intervals() -> None:
+    def metrics(gap: list[float], gain: list[float], speed: list[float]) -> dict:
+        return {"speedup_T64": ratio_ci(speed, [1.0] * len(speed)),
+                "area_gap": mean_ci(gap), "scale_gain": mean_ci(gain),
+                "var_slope": mean_ci([1.0, 1.01]), "entropy_ratio_dmax": mean_ci([0.1, 0.11]),
+                "grad_ratio_dmax": mean_ci([0.01, 0.02])}
+
+    good = ([0.2, 0.25, 0.22], [0.4, 0.5, 0.45], [5.0, 5.5, 5.2])
+    assert verdict_of(dp.make_checks(metrics(*good))) == "supported"
+    # Additive clearly better: the quality check fails, the others still hold.
+    assert verdict_of(dp.make_checks(metrics([-0.3, -0.25, -0.28], *good[1:]))) == "partly"
+    # A gain straddling its threshold is inconclusive, not a coin flip.
+    assert verdict_of(dp.make_checks(metrics(good[0], [0.0, 0.1, 0.05], good[2]))) == (
+        "inconclusive")
+    # Context never moves the verdict.
+    m = metrics(*good)
+    m["var_slope"] = mean_ci([2.0, 2.1])
+    assert verdict_of(dp.make_checks(m)) == "supported"
+
+
+def test_learning_area_and_steps_to() -> None:
+    curve = ([0, 10, 20, 30], [0.1, 0.5, 0.96, 1.0])
+    assert dp.learning_area(curve) == pytest.approx((0.5 + 0.96 + 1.0) / 3)
+    assert dp.steps_to(curve, 0.95, cap=30) == 20
+    assert dp.steps_to(curve, 1.01, cap=99) == 99
 
 
 def test_experiment_identity() -> None:
@@ -77,7 +119,7 @@ def test_readers_share_shapes() -> None:
 
 
 def test_scale_validation() -> None:
-    with pytest.raises(ValueError, match=r"n_pairs \(20\) must not exceed vocab \(16\)"):
-        dataclasses.replace(dp.SCALES["quick"], n_pairs=20)
+    with pytest.raises(ValueError, match=r"n_pairs \(40\) must not exceed vocab \(32\)"):
+        dataclasses.replace(dp.SCALES["quick"], n_pairs=40)
     with pytest.raises(ValueError, match=r"steps must be positive, got 0"):
         dataclasses.replace(dp.SCALES["quick"], steps=0)
