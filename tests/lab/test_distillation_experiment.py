@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.estimate import verdict_of
 from blocklab.lab.experiments import distillation, load_experiment
 
 
@@ -31,15 +32,13 @@ def test_digit_split_and_models() -> None:
     assert torch.equal(mlp[0].weight, distillation.student_mlp(8, seed=0)[0].weight)
 
 
-def test_median_seconds_times_every_callable() -> None:
-    calls = {"a": 0, "b": 0}
-
-    def bump(key: str) -> None:
-        calls[key] += 1
-
-    times = distillation.median_seconds({"a": lambda: bump("a"), "b": lambda: bump("b")}, 4,
-                                        torch.device("cpu"))
-    assert set(times) == {"a", "b"} and calls == {"a": 5, "b": 5}
+def test_time_pair_gives_a_speedup_with_timings() -> None:
+    slow = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(8)])
+    fast = torch.nn.Linear(64, 64)
+    est = distillation.time_pair(slow, fast, torch.randn(32, 64), 4, torch.device("cpu"))
+    assert est.n == 4 and est.low <= est.value <= est.high
+    assert set(est.extra["timings"]) == {"teacher", "student"}
+    assert len(est.extra["timings"]["student"]["wall_s"]) == 4
 
 
 def test_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,11 +47,15 @@ def test_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert experiment.card == "DL0050"
     outcome = experiment.run(Context(quick=True, out_dir=tmp_path, seed=0))
     assert outcome.verdict in VERDICTS
+    assert outcome.verdict == verdict_of(outcome.checks)
+    assert len(outcome.checks) == 7 and sum(c.counted for c in outcome.checks) == 4
+    for check in outcome.checks:
+        e = check.estimate
+        assert e.samples and e.low <= e.value <= e.high
+        assert check.status in ("holds", "fails", "inconclusive") and check.why
+    gain = outcome.checks[0].estimate
+    assert gain.n == 2 and gain.method == "paired t"  # one pair per repetition
     m = outcome.metrics
-    checks = [v for k, v in m.items() if k.startswith("check_")]
-    held = checks.count("holds")
-    expected = "supported" if held == len(checks) else "partly" if held else "not supported"
-    assert outcome.verdict == expected
     entropies = [m[f"entropy_T{t:g}"] for t in (1, 2, 4, 8, 20)]
     assert entropies == sorted(entropies)  # softer with temperature
     assert m["digits_param_ratio"] > 1 and m["lm_param_ratio"] > 1

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.estimate import verdict_of
 from blocklab.lab.experiments import focal, load_experiment
 
 
@@ -66,18 +67,48 @@ def test_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert experiment.card == "DL0047"
     outcome = experiment.run(Context(quick=True, out_dir=tmp_path, seed=0))
     assert outcome.verdict in VERDICTS
+    assert outcome.verdict == verdict_of(outcome.checks)
+    assert [c.counted for c in outcome.checks] == [False, False, True, True, True]
+    for check in outcome.checks:
+        e = check.estimate
+        assert e.samples and e.low <= e.value <= e.high
+        assert check.status in ("holds", "fails", "inconclusive") and check.why
+    assert outcome.checks[0].status == "holds"  # the formula, through the library
+    smoke = focal.SCALES["smoke"]
+    assert [c.estimate.n for c in outcome.checks[2:]] == [smoke.repeats, smoke.repeats,
+                                                          smoke.noise_repeats]
     m = outcome.metrics
     assert m["downweight_pt0.9"] == pytest.approx(100.0, rel=1e-6)
-    assert m["check_downweighting"] == "holds"
-    checks = [v for k, v in m.items() if k.startswith("check_")]
-    held = checks.count("holds")
-    expected = "supported" if held == len(checks) else "partly" if held else "not supported"
-    assert outcome.verdict == expected
     for name in ("1:20", "digits-LT"):
         for metric in ("minority_recall", "balanced_accuracy", "ap"):
-            assert 0.0 <= m[f"{name}_CE_{metric}"] <= 1.0
+            e = m[f"{name}_CE_{metric}"]
+            assert 0.0 <= e.value <= 1.0 and e.n == focal.SCALES["smoke"].repeats
     assert "noise_drop_WCE_inverse" in m and "100x at p_t=0.9" in outcome.evidence
     assert len(outcome.figures) == 4
     for rel in outcome.figures:
         path = tmp_path / rel
         assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_data_do_not_depend_on_the_run_seed(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = focal.synthetic
+
+    def spy(rate: float, scale: focal.Scale, seed: int) -> focal.Split:
+        calls.append(seed)
+        return real(rate, scale, seed)
+
+    monkeypatch.setattr(focal, "synthetic", spy)
+    def stop(*args: object, **kwargs: object) -> None:
+        raise _Stop  # the data sets are drawn before any training
+
+    monkeypatch.setattr(focal, "benchmark", stop)
+    for seed in (0, 1):
+        with pytest.raises(_Stop):
+            focal._run(Context(quick=True, out_dir=tmp_path, seed=seed), focal.SCALES["smoke"])
+    assert calls[0] == calls[1]
