@@ -66,6 +66,7 @@ from blocklab.lab.estimate import (  # noqa: E402
     ratio_ci,
     slope_ci,
 )
+from blocklab.lab.plot import errorbars  # noqa: E402
 
 PARTS = ("projections", "scores", "softmax", "av")
 MATMULS = ("projections", "scores", "av")
@@ -319,15 +320,9 @@ def real_model_table(scale: Scale) -> dict[str, dict[str, float]]:
 COLOURS = {"projections": "C0", "scores": "C1", "softmax": "C2", "av": "C3"}
 
 
-def _med(samples: list[float], k: float = 1e3) -> tuple[float, list[float]]:
-    """(median, [below, above]) of ``k * samples``: the median's interval as error bars."""
-    e = median_ci(samples)
-    return k * e.value, [k * (e.value - e.low), k * (e.high - e.value)]
-
-
 def _errorbar(ax, xs, samples: list[list[float]], k: float = 1e3, **kw) -> None:
-    pts = [_med(s, k) for s in samples]
-    ax.errorbar(xs, [v for v, _ in pts], yerr=np.array([e for _, e in pts]).T, capsize=3, **kw)
+    """Median times (``k`` x seconds) with their intervals."""
+    errorbars(ax, xs, [median_ci(s) for s in samples], k, **kw)
 
 
 def plot_prediction(t, predicted, slopes, scale: Scale, ctx: Context) -> str:

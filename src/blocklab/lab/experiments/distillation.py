@@ -67,6 +67,7 @@ from blocklab.lab.estimate import (  # noqa: E402
     paired_diff,
     speedup,
 )
+from blocklab.lab.plot import yerr  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.train import (  # noqa: E402
     TrainHistory,
@@ -384,19 +385,13 @@ def plot_soft_targets(digits: dict, ctx: Context) -> tuple[str, dict[float, floa
     return rel, mean_entropy
 
 
-def _yerr(estimates: list[Estimate]) -> np.ndarray:
-    """Asymmetric error bars (2, N) from the 95% intervals (0 where unbounded)."""
-    return np.array([[e.value - e.low if math.isfinite(e.low) else 0.0 for e in estimates],
-                     [e.high - e.value if math.isfinite(e.high) else 0.0 for e in estimates]])
-
-
 def plot_digits(digits: dict, est: dict[str, Estimate], scale: Scale, ctx: Context) -> str:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.6))
     ts = sorted(digits["kd_test"])
     for key, label, style in (("kd_test", "distilled student, test", "o-"),
                               ("kd_val", "distilled student, validation", "s--")):
         sweep = [mean_ci(digits[key][t]) for t in ts]
-        ax1.errorbar(ts, [e.value for e in sweep], yerr=_yerr(sweep), fmt=style, capsize=3,
+        ax1.errorbar(ts, [e.value for e in sweep], yerr=yerr(sweep), fmt=style, capsize=3,
                      label=label)
     for name, color, ls, label in (("teacher", "C2", "-", "teacher (CNN), test"),
                                    ("scratch", "C3", ":", "student alone, test")):
@@ -416,7 +411,7 @@ def plot_digits(digits: dict, est: dict[str, Estimate], scale: Scale, ctx: Conte
     bars = [est[n].map(lambda a: (1 - a) * 10_000) for n in names]
     hinton = [HINTON["teacher"], HINTON["student"], HINTON["distilled"]]
     x = np.arange(3)
-    ax2.bar(x - 0.2, [b.value for b in bars], 0.4, yerr=_yerr(bars), capsize=3,
+    ax2.bar(x - 0.2, [b.value for b in bars], 0.4, yerr=yerr(bars), capsize=3,
             label="ours (digits, 500 test images, 95% intervals)")
     ax2.bar(x + 0.2, hinton, 0.4, label="Hinton et al. (MNIST)")
     ax2.set_xticks(x, ["teacher", "student alone", "distilled student"])
@@ -451,7 +446,7 @@ def plot_lm(lm: dict, est: dict[str, Estimate], scale: Scale, ctx: Context) -> s
     ppl = [exact(lm["teacher_loss"]).map(math.exp), est["lm_scratch"].map(math.exp),
            est["lm_distilled"].map(math.exp)]
     bars = ax2.bar(["teacher", "student alone", f"distilled ({lm['best']})"],
-                   [e.value for e in ppl], yerr=_yerr(ppl), capsize=3, color=["C0", "C1", "C2"])
+                   [e.value for e in ppl], yerr=yerr(ppl), capsize=3, color=["C0", "C1", "C2"])
     for bar, e in zip(bars, ppl, strict=True):
         ax2.text(bar.get_x() + bar.get_width() / 2, e.high, f"{e.value:.2f}", ha="center",
                  va="bottom")

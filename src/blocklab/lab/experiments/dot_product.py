@@ -72,6 +72,7 @@ from blocklab.lab.estimate import (  # noqa: E402
     slope_ci,
     speedup,
 )
+from blocklab.lab.plot import errorbars  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -414,18 +415,12 @@ def plot_similarity(ctx: Context) -> str:
 
 
 
-def _errorbar(ax, xs, ests: list[Estimate], style: str, **kw) -> None:
-    ax.errorbar(xs, [e.value for e in ests],
-                yerr=[[e.value - e.low for e in ests], [e.high - e.value for e in ests]],
-                fmt=style, capsize=3, **kw)
-
-
 def plot_saturation(sat: dict[str, dict[int, list[float]]], slope: Estimate,
                     n_keys: int, ctx: Context) -> str:
     dims = sorted(sat["var"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     ax = axes[0]
-    _errorbar(ax, dims, [mean_ci(sat["var"][d]) for d in dims], "o",
+    errorbars(ax, dims, [mean_ci(sat["var"][d]) for d in dims], fmt="o",
               label="measured Var(q . k), 95% interval over chunks")
     xs = np.array(dims, dtype=float)
     logs = [(math.log(d), math.log(v)) for d in dims for v in sat["var"][d]]
@@ -443,7 +438,7 @@ def plot_saturation(sat: dict[str, dict[int, list[float]]], slope: Estimate,
             (axes[1], "entropy", "mean softmax entropy (nats)", f"Softmax entropy over S={n_keys} keys"),
             (axes[2], "grad", "median ||d softmax / d scores||_F", "Gradient through the softmax")):
         for name, style in (("scaled", "o-"), ("unscaled", "s--")):
-            _errorbar(ax, dims, [mean_ci(sat[f"{key}_{name}"][d]) for d in dims], style,
+            errorbars(ax, dims, [mean_ci(sat[f"{key}_{name}"][d]) for d in dims], fmt=style,
                       label=f"{name} (q.k{' / sqrt(d_k)' if name == 'scaled' else ''})")
         ax.set_xscale("log")
         if key == "grad":

@@ -72,6 +72,7 @@ from torch import Tensor, nn  # noqa: E402
 
 from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
 from blocklab.lab.estimate import Check, Estimate, exact, mean_ci, paired_diff  # noqa: E402
+from blocklab.lab.plot import yerr  # noqa: E402
 from blocklab.losses import (  # noqa: E402
     class_weights,
     focal_loss,
@@ -429,12 +430,6 @@ METRICS = (("minority_recall", "minority recall"), ("balanced_accuracy", "balanc
            ("ap", "average precision"))
 
 
-def _yerr(estimates: list[Estimate]) -> np.ndarray:
-    """Asymmetric error bars (2, N) from the 95% intervals (0 where unbounded)."""
-    return np.array([[e.value - e.low if np.isfinite(e.low) else 0.0 for e in estimates],
-                     [e.high - e.value if np.isfinite(e.high) else 0.0 for e in estimates]])
-
-
 def plot_benchmark(bench: dict[str, dict], chosen: dict[str, str], ctx: Context) -> str:
     names = list(bench)
     fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.6), squeeze=False)
@@ -449,7 +444,7 @@ def plot_benchmark(bench: dict[str, dict], chosen: dict[str, str], ctx: Context)
             est = [mean_ci(_runs(res[name], "test", k)) for k, _ in METRICS]
             label = name + (" (val-selected)" if name == chosen[ds] else "")
             ax.bar(x + (i - (len(shown) - 1) / 2) * width, [e.value for e in est], width,
-                   yerr=_yerr(est), label=label, capsize=2)
+                   yerr=yerr(est), label=label, capsize=2)
         ax.set_xticks(x, [m[1] for m in METRICS])
         ax.set_ylim(0, 1.3)  # headroom for the legend
         ax.set_yticks(np.linspace(0, 1, 6))
@@ -495,7 +490,7 @@ def plot_noise(noise: dict[str, dict[float, list[float]]], tail: dict[str, dict[
         rates = sorted(by_rate)
         for ax, values in ((ax1, by_rate), (ax2, tail[name])):
             est = [mean_ci(values[r]) for r in rates]
-            ax.errorbar(rates, [e.value for e in est], yerr=_yerr(est), marker="o", capsize=3,
+            ax.errorbar(rates, [e.value for e in est], yerr=yerr(est), marker="o", capsize=3,
                         label=name)
     for ax, what in ((ax1, "balanced test accuracy"), (ax2, "recall of the 3 rarest classes")):
         ax.set_xlabel("fraction of training labels replaced at random")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -21,18 +19,7 @@ from blocklab.lab.experiments.sparsity import (  # noqa: E402
     Rep,
     Scale,
 )
-
-
-def _err(est: Estimate, k: float = 1.0) -> tuple[float, list[list[float]]]:
-    """(value, yerr) of ``k * est`` for ``errorbar`` (unbounded ends drawn as zero)."""
-    lo, hi = (e if math.isfinite(e) else est.value for e in (est.low, est.high))
-    return k * est.value, [[k * (est.value - lo)], [k * (hi - est.value)]]
-
-
-def _errorbars(ax, xs, ests: list[Estimate], k: float = 1.0, **kw) -> None:
-    pts = [_err(e, k) for e in ests]
-    ax.errorbar(xs, [v for v, _ in pts], yerr=np.hstack([np.array(e) for _, e in pts]),
-                capsize=3, **kw)
+from blocklab.lab.plot import errorbars
 
 
 def plot_l1(reps: list[Rep], scale: Scale, ctx: Context) -> str:
@@ -60,7 +47,7 @@ def plot_l1(reps: list[Rep], scale: Scale, ctx: Context) -> str:
     near = [mean_ci([100 * r.near_zero[lam] for r in reps]) for lam in scale.lambdas]
     ax3.bar(xs - 0.2, [e.value for e in near], width=0.4, color="C0",
             label=f"weights with |w| < {NEAR_ZERO:g} (%)")
-    _errorbars(ax3, xs - 0.2, near, fmt="none", color="black")
+    errorbars(ax3, xs - 0.2, near, fmt="none", color="black")
     ax3.set_ylabel("near-zero weights (%)", color="C0")
     ax3.set_ylim(0, 100)
     ax3.set_xticks(xs, [f"{lam:g}" for lam in scale.lambdas])
@@ -68,7 +55,7 @@ def plot_l1(reps: list[Rep], scale: Scale, ctx: Context) -> str:
     twin = ax3.twinx()
     for key, fmt, colour, label in (("acc", "o-", "C3", "test accuracy"),
                                     ("zeroed_acc", "s--", "C2", "near-zero weights set to 0")):
-        _errorbars(twin, xs, [mean_ci([100 * getattr(r, key)[lam] for r in reps])
+        errorbars(twin, xs, [mean_ci([100 * getattr(r, key)[lam] for r in reps])
                               for lam in scale.lambdas], fmt=fmt, color=colour, label=label)
     twin.set_ylabel("test accuracy (%)", color="C3")
     handles = ax3.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -122,7 +109,7 @@ def plot_pruning(reps: list[Rep], reference: Estimate, scale: Scale, ctx: Contex
               "structured": ("D", "C3", "structured (units removed) + fine-tune")}
     for method, (fmt, colour, label) in styles.items():
         ss = sorted(reps[0].prune[method])
-        _errorbars(ax, [1 / (1 - s) for s in ss],
+        errorbars(ax, [1 / (1 - s) for s in ss],
                    [mean_ci([100 * r.prune[method][s] for r in reps]) for s in ss],
                    fmt=fmt, color=colour, label=label)
     ax.axhline(100 * reference.value, color="black", lw=1,
@@ -146,7 +133,7 @@ def plot_speed(speed: dict[float, dict[str, Estimate]], scale: Scale, ctx: Conte
               "csr": "CSR sparse weights (torch.sparse.mm)"}
     for i, (k, label) in enumerate(labels.items()):
         if k in speed[ss[0]]:
-            _errorbars(ax, [1 / (1 - s) for s in ss], [speed[s][k] for s in ss], fmt="o-",
+            errorbars(ax, [1 / (1 - s) for s in ss], [speed[s][k] for s in ss], fmt="o-",
                        color=f"C{i}", label=label)
     ax.axhline(1.0, color="black", lw=1, label="dense (1x)")
     ax.plot([1 / (1 - s) for s in ss], [1 / (1 - s) for s in ss], ":", color="grey",
