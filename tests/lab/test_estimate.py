@@ -7,9 +7,11 @@ import random
 
 import pytest
 
+from blocklab.lab.base import torch_threads
 from blocklab.lab.estimate import (
     Check,
     Estimate,
+    Timing,
     exact,
     interleaved_timings,
     mean_ci,
@@ -160,6 +162,25 @@ def test_interleaved_timings_alternate_and_give_cpu_time() -> None:
     assert order == ["slow", "fast"] * 6
     assert len(timings["slow"].wall) == len(timings["slow"].cpu) == 5
     est = speedup(timings, slow="slow", fast="fast")
-    assert est.value > 5 and est.n == 5 and est.extra["cpu_ratio"] > 5
+    assert est.value > 5 and est.n == 5
+    with torch_threads(1):
+        one = interleaved_timings({"slow": work("slow", 200_000), "fast": work("fast", 2_000)},
+                                  repeats=3)
+    assert one["fast"].clock == "cpu" and one["fast"].seconds == one["fast"].cpu
+    assert speedup(one, slow="slow", fast="fast").extra["wall_ratio"] > 5
+
+
+def test_timing_clock() -> None:
+    """CPU time on one CPU thread; wall time for several threads or CUDA."""
+    def pair(**kw) -> dict[str, Timing]:
+        return {"dense": Timing(wall=[4.0, 4.0, 4.0], cpu=[2.0, 2.2, 1.8], **kw),
+                "fast": Timing(wall=[1.0, 1.0, 1.0], cpu=[1.0, 1.1, 0.9], **kw)}
+
+    est = speedup(pair(), "dense", "fast")
+    assert est.value == pytest.approx(2.0) and est.low == pytest.approx(2.0)
+    assert est.extra["wall_ratio"] == pytest.approx(4.0)
+    for kw in ({"threads": 2}, {"device_type": "cuda"}):
+        assert pair(**kw)["fast"].clock == "wall"
+        assert speedup(pair(**kw), "dense", "fast").value == pytest.approx(4.0)
     with pytest.raises(ValueError, match="repeats"):
         interleaved_timings({"a": lambda: None}, repeats=0)

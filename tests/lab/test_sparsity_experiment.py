@@ -12,7 +12,7 @@ import torch
 
 from blocklab.lab import experiments as registry
 from blocklab.lab.base import VERDICTS, Context
-from blocklab.lab.estimate import Check, Estimate, Timing, exact, verdict_of
+from blocklab.lab.estimate import Check, Estimate, exact, verdict_of
 from blocklab.lab.experiments import sparsity as sp
 from blocklab.sparsity import magnitude_prune
 
@@ -106,16 +106,6 @@ def test_plain_copy_bakes_the_mask_in() -> None:
     total = sum(m.weight.numel() for m in sp.linears(plain))
     assert zeros == round(0.8 * total)
     assert not any(m._forward_pre_hooks for m in plain.modules())
-
-
-def test_cpu_speedup_reads_cpu_time_on_the_cpu_and_wall_on_cuda() -> None:
-    timings = {"dense": Timing(wall=[4.0, 4.0, 4.0], cpu=[2.0, 2.2, 1.8]),
-               "fast": Timing(wall=[1.0, 1.0, 1.0], cpu=[1.0, 1.1, 0.9])}
-    est = sp.cpu_speedup(timings, "dense", "fast", torch.device("cpu"))
-    assert est.value == pytest.approx(2.0) and est.low == pytest.approx(2.0)
-    assert est.extra["wall_ratio"] == pytest.approx(4.0)
-    assert sp.cpu_speedup(timings, "dense", "fast", torch.device("cuda")).value == \
-        pytest.approx(4.0)
 
 
 def _rep(rng: np.random.Generator, scale: sp.Scale) -> sp.Rep:

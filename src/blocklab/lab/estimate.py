@@ -198,18 +198,34 @@ def slope_ci(x: Sequence[float], y: Sequence[float], *, log: bool = True,
 
 @dataclass
 class Timing:
-    """Interleaved timings of one callable: wall and process-CPU seconds per repetition."""
+    """Interleaved timings of one callable: wall and process-CPU seconds per repetition.
+
+    ``seconds`` is what a timing check reads: CPU seconds when the work ran on the CPU
+    with one torch thread (the work's own time, whatever else shares the machine, where
+    wall time is stretched by other processes), wall seconds otherwise (several threads
+    add their CPU time up; CUDA is timed between synchronisations)."""
 
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    device_type: str = "cpu"
+    threads: int = 1
+
+    @property
+    def clock(self) -> Literal["cpu", "wall"]:
+        cpu_ok = self.device_type == "cpu" and self.threads == 1 and min(self.cpu, default=0) > 0
+        return "cpu" if cpu_ok else "wall"
+
+    @property
+    def seconds(self) -> list[float]:
+        return self.cpu if self.clock == "cpu" else self.wall
 
     @property
     def median(self) -> float:
-        return statistics.median(self.wall)
+        return statistics.median(self.seconds)
 
     def to_json(self) -> dict[str, Any]:
-        return {"wall_s": self.wall, "cpu_s": self.cpu,
-                "median_wall_s": self.median, "median_cpu_s": statistics.median(self.cpu)}
+        return {"wall_s": self.wall, "cpu_s": self.cpu, "clock": self.clock,
+                "threads": self.threads, "median_s": self.median}
 
 
 def interleaved_timings(fns: Mapping[str, Callable[[], object]], *, repeats: int,
@@ -218,8 +234,7 @@ def interleaved_timings(fns: Mapping[str, Callable[[], object]], *, repeats: int
     """Time each callable ``repeats`` times in the order A B C A B C ... so that a
     change of machine load hits every callable alike; each repetition runs the callable
     ``inner`` times and records seconds per call, wall (``perf_counter``) and CPU
-    (``process_time``: a busy machine stretches wall time, not CPU time).
-    ``warmup`` untimed rounds come first."""
+    (``process_time``). ``warmup`` untimed rounds come first."""
     if repeats < 1:
         raise ValueError(f"repeats ({repeats}) must be >= 1")
     device = torch.device(device)
@@ -227,7 +242,8 @@ def interleaved_timings(fns: Mapping[str, Callable[[], object]], *, repeats: int
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    out = {name: Timing() for name in fns}
+    out = {name: Timing(device_type=device.type, threads=torch.get_num_threads())
+           for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             sync()
@@ -242,11 +258,14 @@ def interleaved_timings(fns: Mapping[str, Callable[[], object]], *, repeats: int
 
 def speedup(timings: Mapping[str, Timing], slow: str, fast: str) -> Estimate:
     """How many times faster ``fast`` ran than ``slow``: per-round ratios of interleaved
-    wall times (``ratio_ci``), with the CPU-time ratio beside it in ``extra``."""
-    est = ratio_ci(timings[slow].wall, timings[fast].wall)
-    cpu = ratio_ci(timings[slow].cpu, timings[fast].cpu) if min(
-        timings[fast].cpu + timings[slow].cpu) > 0 else None
-    extra = {"cpu_ratio": cpu.value if cpu else None}
+    timings (:attr:`Timing.seconds`, ``ratio_ci``), with the wall-time ratio and its
+    interval beside it in ``extra`` when the check reads CPU time."""
+    a, b = timings[slow], timings[fast]
+    est = ratio_ci(a.seconds, b.seconds)
+    extra: dict[str, Any] = {"clock": b.clock}
+    if b.clock == "cpu":
+        wall = ratio_ci(a.wall, b.wall)
+        extra.update(wall_ratio=wall.value, wall_low=wall.low, wall_high=wall.high)
     return Estimate(est.value, est.low, est.high, est.samples, est.method, extra)
 
 

@@ -244,8 +244,7 @@ def time_everything(scale: Scale, g: torch.Generator, ctx: Context) -> dict[str,
     with torch.inference_mode():
         timings = interleaved_timings(fns, repeats=scale.repeats, device=ctx.device,
                                       warmup=scale.warmup)
-    cpu = ctx.device.type == "cpu"
-    return {k: t.cpu if cpu else t.wall for k, t in timings.items()}
+    return {k: t.seconds for k, t in timings.items()}
 
 
 def part_work(n: int, d: int, scale: Scale, heads: int | None = None

@@ -68,7 +68,6 @@ from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noq
 from blocklab.lab.estimate import (  # noqa: E402
     Check,
     Estimate,
-    Timing,
     exact,
     interleaved_timings,
     ratio_ci,
@@ -226,12 +225,6 @@ def dense_flops(n: int, heads: int, head_dim: int) -> int:
                                    head_dim=head_dim, causal=True)
 
 
-def work_seconds(timing: Timing, device: torch.device) -> list[float]:
-    """What a timing check reads: process CPU seconds on CPU (one thread: the work's own
-    time, whatever else shares the machine), wall seconds on CUDA (synchronised)."""
-    return timing.cpu if device.type == "cpu" else timing.wall
-
-
 def measure_cost(scale: Scale, ctx: Context) -> dict[str, dict]:
     """Analytic FLOPs and peak memory per (kind, length), and the interleaved timings of
     one causal forward: {"flops" | "mem": {"kind@n": value}, "time": {"kind@n": Timing}}."""
@@ -262,7 +255,7 @@ def growth_per_doubling(cost: dict[str, dict], kind: str, lengths: list[int],
     xs, ys = [], []
     for n in lengths:
         t = cost["time"][f"{kind}@{n}"]
-        seconds = t.wall if wall else work_seconds(t, device)
+        seconds = t.wall if wall else t.seconds
         xs += [n] * len(seconds)
         ys += seconds
     return slope_ci(xs, ys).map(lambda s: 2.0**s)
@@ -296,7 +289,7 @@ def plot_cost(cost: dict[str, dict], growth: dict[str, Estimate], scale: Scale,
     clock = "CPU" if ctx.device.type == "cpu" else "wall"
     ax = axes[1]
     for kind, style in zip(KINDS, ("o-", "s-"), strict=True):
-        runs = [np.array(work_seconds(cost["time"][f"{kind}@{n}"], ctx.device)) * 1e3
+        runs = [np.array(cost["time"][f"{kind}@{n}"].seconds) * 1e3
                 for n in lengths]
         med = np.array([np.median(r) for r in runs])
         err = np.array([med - [r.min() for r in runs], [r.max() for r in runs] - med])
@@ -497,7 +490,7 @@ def run(ctx: Context) -> Outcome:
             metrics[f"time_{kind}_N{n}"] = cost["time"][key]
 
     def ms(kind: str, n: int) -> float:
-        return statistics.median(work_seconds(cost["time"][f"{kind}@{n}"], ctx.device)) * 1e3
+        return statistics.median(cost["time"][f"{kind}@{n}"].seconds) * 1e3
 
     mem = cost["mem"]
     times = ", ".join(f"N={n}: {ms('dense', n):.0f} vs {ms('dilated', n):.0f} ms" for n in lengths)

@@ -583,8 +583,8 @@ def run(ctx: Context) -> Outcome:
     ]
     checks = make_checks(metrics)
     counted = [c for c in checks if c.counted]
-    cpu = ", ".join(f"T={t}: {metrics[f'speedup_T{t}'].extra['cpu_ratio']:.2g}x"
-                    for t in sorted(timings) if metrics[f"speedup_T{t}"].extra["cpu_ratio"])
+    cpu = ", ".join(f"T={t}: {metrics[f'speedup_T{t}'].extra['wall_ratio']:.2g}x"
+                    for t in sorted(timings) if "wall_ratio" in metrics[f"speedup_T{t}"].extra)
     m = metrics
     evidence = (
         f"Speed (B={scale.batch}, d={scale.head_dim}, {scale.repeats} interleaved rounds, "

@@ -50,7 +50,6 @@ from blocklab.lab.base import Context, Experiment, Outcome, torch_threads
 from blocklab.lab.estimate import (
     Check,
     Estimate,
-    Timing,
     interleaved_timings,
     mean_ci,
     paired_diff,
@@ -404,23 +403,9 @@ def measure_speed(rep: Rep, scale: Scale, x: Tensor, ctx: Context) -> dict[float
             timings = interleaved_timings({k: functools.partial(m, x) for k, m in models.items()},
                                           repeats=scale.speed_repeats, inner=scale.speed_inner,
                                           device=ctx.device)
-        out[s] = {k: cpu_speedup(timings, "dense", k, ctx.device) for k in models
+        out[s] = {k: speedup(timings, "dense", k) for k in models
                   if k != "dense"}
     return out
-
-
-def cpu_speedup(timings: dict[str, Timing], slow: str, fast: str,
-                device: torch.device) -> Estimate:
-    """How many times faster ``fast`` ran: on the CPU from the per-round ratios of
-    process CPU time (one thread: other processes on a shared machine stretch wall
-    time, not this), the wall-time ratio beside it in ``extra``; on CUDA
-    :func:`speedup` (wall time between synchronisations)."""
-    wall = speedup(timings, slow=slow, fast=fast)
-    if device.type == "cuda" or min(timings[slow].cpu + timings[fast].cpu) <= 0:
-        return wall
-    est = ratio_ci(timings[slow].cpu, timings[fast].cpu)
-    return Estimate(est.value, est.low, est.high, est.samples, "log t, CPU time",
-                    {"wall_ratio": wall.value, "wall_low": wall.low, "wall_high": wall.high})
 
 
 # -------------------------------------------------------------------------- checks
