@@ -13,20 +13,32 @@ Four measurements on :class:`blocklab.models.TransformerLM`:
 
 (a) cache bytes: ``model.make_cache(B, n).nbytes`` for MHA, GQA and MQA at each context
     n, against :func:`blocklab.cost.kv_cache_bytes`;
-(b) decoding speed: median time of a decode step (one token per row, as
-    ``generate`` runs it) after n cached positions, for each variant of one random
-    model, interleaved, in process CPU time on one thread (so that other processes
-    sharing the machine do not count); set against the bytes the step must read
-    (:func:`blocklab.cost.decode_step_bytes`) over the copy bandwidth measured in the
-    same run;
-(c) quality: small byte-level LMs trained with each variant (same data, steps and
-    seed; the FFN of GQA/MQA widened to match the MHA model's parameters, as Shazeer
-    did), scored on the held-out split;
-(d) conversion: the trained MHA model converted to GQA and MQA by mean-pooling
+(b) decoding speed: time of a decode step (one token per row, as ``generate`` runs
+    it) after n cached positions, for each variant of one random model, in
+    ``speed_repeats`` interleaved rounds (MHA GQA MQA MHA ...), in process CPU time on
+    one thread (so that other processes sharing the machine do not count; wall time
+    beside it); the speed-up is the per-round ratio (:func:`ratio_ci`). The bytes a
+    step must read (:func:`blocklab.cost.decode_step_bytes`) are set against the copy
+    bandwidth measured in the same run;
+(c) quality: small byte-level LMs trained with each variant on ``seeds`` seeds (the
+    seed sets the batch order, the same for every variant, and the initial weights;
+    the FFN of GQA/MQA widened to match the MHA model's parameters, as Shazeer did),
+    scored on the held-out split; MQA / MHA loss is paired per seed (:func:`ratio_ci`);
+(d) conversion: each seed's trained MHA model converted to GQA and MQA by mean-pooling
     (:func:`blocklab.models.convert.convert_kv_heads`), scored before uptraining and
     every 5% of the training steps during it (Ainslie et al. uptrain 5% of the
-    pre-training steps with the pre-training recipe; here the same peak learning rate,
-    up to ``uptrain_fraction``).
+    pre-training steps, continuing pre-training; here from the learning rate the
+    source's schedule ended at, cosine-decayed over ``uptrain_fraction`` of the
+    steps). The control: the MHA model itself trained the same extra steps with the
+    same schedule and batches, so that the converted model is compared with a model
+    that had as much training, not with its own source.
+
+Counted checks: the decode speed-up at the longest context, the quality ratio, the
+converted-and-uptrained MQA against the MHA control. Context (shown, not counted): the
+cache bytes, which equal ``2 L H_kv D n B`` x 4 by construction of ``KVCache`` (a test
+of the code, not a measurement of the claim), and the read rate of a decode step
+against the copy rate (on CPU at this size a step does not reach the copy rate, so the
+speed-up is not the full H / H_kv of the bytes).
 
 Everything runs on one thread: these ops are too small to gain from a second, and on
 a shared machine other processes turn OpenMP spin-waits into noise.
@@ -51,16 +63,22 @@ import torch  # noqa: E402
 
 from blocklab.cost.memory import decode_step_bytes, kv_cache_bytes  # noqa: E402
 from blocklab.data import corpus_tokens  # noqa: E402
-from blocklab.lab.base import (  # noqa: E402
-    Context,
-    Experiment,
-    Outcome,
-    torch_threads,
-    verdict_of,
+from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.estimate import (  # noqa: E402
+    Check,
+    Timing,
+    exact,
+    interleaved_timings,
+    mean_ci,
+    median_ci,
+    paired_diff,
+    ratio_ci,
+    speedup,
 )
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.models.convert import convert_kv_heads  # noqa: E402
 from blocklab.train import evaluate_lm, train_lm  # noqa: E402
+from blocklab.train.loop import MIN_LR_RATIO  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,7 @@ class Scale:
             1 = MQA).
         speed_d_model, speed_layers: the random models timed for decoding (byte vocab).
         speed_batch, contexts: rows decoded at once; cached positions n.
-        speed_steps, speed_repeats: decode steps per timed call; timed calls (median).
+        speed_steps, speed_repeats: decode steps per timed call; interleaved rounds.
         copy_mib: size of the tensor copied to measure the bandwidth.
         lm_kv_heads: K/V head counts of the LMs trained for quality, from their H (MHA)
             down to 1; fewer heads than the decoding models so MQA's one K/V head is
@@ -81,7 +99,8 @@ class Scale:
         eval_batches, eval_batch: held-out windows scored.
         uptrain_fraction: uptraining steps of a converted model / ``steps``; it is
             scored every ``UPTRAIN_EVAL_FRACTION`` of ``steps`` on the way.
-        seeds: quality seeds (losses are averaged over them).
+        seeds: quality repetitions (each trains every variant and uptrains the
+            converted models and the MHA control).
     """
 
     n_heads: int
@@ -139,27 +158,52 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
+    # Quick: 300 steps of 8 windows rather than 150 of 16 (the same tokens): the loss
+    # falls further (2.2 vs 2.4 nats per byte) and its seed-to-seed spread shrinks (the
+    # MQA / MHA ratio's standard deviation 0.012 vs 0.038 over four seeds), which leaves
+    # room for four seeds, MHA and MQA only (GQA is trained at full scale), and an
+    # uptraining budget of 10% of the steps (Ainslie et al.: 5%). Over 13 seeds the
+    # ratio's standard deviation is ~0.024, and neither 600 x 4, lr 2e-3, 32-byte windows,
+    # half the tokens, C=48 nor a shared initialisation of the common weights brought it
+    # below ~0.02: four seeds leave the quality interval's top near 1.03 (holds or
+    # inconclusive by seed), while the speed-up and the conversion are far from their
+    # thresholds, which keeps the verdict.
     "quick": Scale(n_heads=8, kv_heads=(8, 2, 1), speed_d_model=256, speed_layers=2,
                    speed_batch=4, contexts=(256, 1024, 4096), speed_steps=4, speed_repeats=7,
-                   copy_mib=128, lm_kv_heads=(4, 2, 1), d_model=64, n_layers=2, seq_len=64,
-                   batch=16, steps=150, lr=3e-3, eval_batches=8, eval_batch=32,
-                   uptrain_fraction=0.2, seeds=1),
+                   copy_mib=128, lm_kv_heads=(4, 1), d_model=64, n_layers=2, seq_len=64,
+                   batch=8, steps=300, lr=3e-3, eval_batches=8, eval_batch=32,
+                   uptrain_fraction=0.1, seeds=4),
+    # Full: the quick LM with twice the window, twice the steps, GQA-2 and five seeds
+    # (the former d_model=128, 4-layer full LM was estimated at ~45 min on 2 cores).
     "full": Scale(n_heads=8, kv_heads=(8, 4, 2, 1), speed_d_model=512, speed_layers=4,
                   speed_batch=4, contexts=(512, 2048, 8192, 16384), speed_steps=8,
-                  speed_repeats=7, copy_mib=256, lm_kv_heads=(8, 4, 2, 1), d_model=128,
-                  n_layers=4, seq_len=128, batch=16, steps=800, lr=2e-3, eval_batches=32,
-                  eval_batch=32, uptrain_fraction=0.2, seeds=2),
+                  speed_repeats=7, copy_mib=256, lm_kv_heads=(4, 2, 1), d_model=64,
+                  n_layers=2, seq_len=128, batch=8, steps=600, lr=3e-3, eval_batches=16,
+                  eval_batch=32, uptrain_fraction=0.1, seeds=5),
     # A seconds-long run for tests of the plumbing; its numbers mean little.
     "smoke": Scale(n_heads=4, kv_heads=(4, 2, 1), speed_d_model=32, speed_layers=1,
                    speed_batch=1, contexts=(8, 32), speed_steps=2, speed_repeats=2, copy_mib=8,
                    lm_kv_heads=(2, 1), d_model=16, n_layers=1, seq_len=16, batch=4, steps=4,
-                   lr=3e-3, eval_batches=1, eval_batch=4, uptrain_fraction=0.5, seeds=1),
+                   lr=3e-3, eval_batches=1, eval_batch=4, uptrain_fraction=0.5, seeds=2),
 }
 
 # Verdict thresholds.
-MIN_DECODE_SPEEDUP = 1.3  # MQA decodes >= 1.3x faster than MHA at the longest context
-MAX_QUALITY_GAP = 0.03  # MQA's held-out loss at most 3% above MHA's (relative)
-MAX_CONVERTED_GAP = 0.03  # uptrained MQA at most 3% above its MHA source
+# "Faster decoding": Ainslie et al. measure MQA 6.3x faster than MHA per sample (T5-XXL);
+# on one CPU thread with a small model the weights dominate the bytes until long contexts,
+# so 1.3x asks for a speed-up well beyond timing noise, not for the H / H_kv of the cache.
+MIN_DECODE_SPEEDUP = 1.3
+# "Small cost in quality": Shazeer's BLEU 26.7 -> 26.5 and Ainslie's 47.2 -> 46.6 are ~1%;
+# 3% of the loss allows for the much smaller (and noisier) models here.
+MAX_QUALITY_GAP = 0.03
+# Conversion is the cheap route to the MQA model of (c): the uptrained MQA must meet the
+# same "small cost in quality" as MQA trained from scratch, against an MHA model that had
+# as many training steps (Ainslie et al.'s uptrained MQA-XXL, 46.6 vs MHA 47.2, is ~1% off).
+MAX_CONVERTED_GAP = MAX_QUALITY_GAP
+# Uptraining continues pre-training (Ainslie et al., sec. 2.1), so it starts at the
+# learning rate the source's cosine ended at (lr x MIN_LR_RATIO) and decays from there; a
+# re-warm-up to the peak lr sets the MHA control back (its loss rose over the uptraining),
+# which would measure the schedule rather than the conversion.
+UPTRAIN_LR_RATIO = MIN_LR_RATIO
 UPTRAIN_EVAL_FRACTION = 0.05  # score the converted models every 5% of the training steps
 
 
@@ -234,40 +278,40 @@ def copy_bandwidth(device: torch.device, mib: int = 128, repeats: int = 5) -> fl
 
 
 def measure_decode(models: dict[int, TransformerLM], scale: Scale, ctx: Context
-                   ) -> dict[int, dict[int, float]]:
-    """{H_kv: {n: seconds per decode step}} with n positions cached.
+                   ) -> dict[int, dict[int, Timing]]:
+    """{H_kv: {n: Timing of one call, ``speed_steps`` decode steps}} with n positions
+    cached, the variants interleaved at each n.
 
     The cache is filled once by its length index (its contents do not change the work
     of a step) and rewound to n before every timed call, so each call decodes the same
-    ``speed_steps`` tokens after the same n positions. Variants are interleaved.
+    ``speed_steps`` tokens after the same n positions.
     """
     g = ctx.generator(11)
     tokens = torch.randint(0, 256, (scale.speed_batch, 1), generator=g).to(ctx.device)
-    times: dict[int, dict[int, float]] = {h: {} for h in scale.kv_heads}
+    times: dict[int, dict[int, Timing]] = {h: {} for h in scale.kv_heads}
     for n in ctx.progress(scale.contexts, "mqa: decode speed", total=len(scale.contexts)):
         caches = {h: m.make_cache(scale.speed_batch, n + scale.speed_steps)
                   for h, m in models.items()}
-        samples: dict[int, list[float]] = {h: [] for h in models}
 
-        def decode(h: int, caches=caches, n=n) -> float:
+        def decode(h: int, caches=caches, n=n) -> None:
             model, cache = models[h], caches[h]
             cache.length = n
             tok = tokens
-            start = clock(ctx.device)
             for _ in range(scale.speed_steps):
                 tok = model(tok, cache=cache)[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-            return (clock(ctx.device) - start) / scale.speed_steps
 
         with torch.inference_mode():
-            for h in models:  # warm-up
-                decode(h)
-            for _ in range(scale.speed_repeats):
-                for h in models:
-                    samples[h].append(decode(h))
+            timed = interleaved_timings({str(h): lambda h=h: decode(h) for h in models},
+                                        repeats=scale.speed_repeats, device=ctx.device)
         for h in models:
-            times[h][n] = statistics.median(samples[h])
+            times[h][n] = timed[str(h)]
         del caches
     return times
+
+
+def step_seconds(timing: Timing, scale: Scale, device: torch.device) -> float:
+    """Median seconds per decode step."""
+    return timing.median / scale.speed_steps
 
 
 # ---------------------------------------------------------------------- (c) quality
@@ -284,14 +328,14 @@ def quality_config(scale: Scale, h_kv: int) -> TransformerConfig:
 
 def train_quality(scale: Scale, h_kv: int, seed: int, ctx: Context,
                   tokens: tuple[torch.Tensor, torch.Tensor]) -> tuple[TransformerLM, float]:
+    """Train the ``h_kv`` variant on repetition ``seed``; returns it and its held-out loss."""
     train, val = tokens
-    run_seed = ctx.seed * 1000 + seed
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run_seed)
+        torch.manual_seed(seed)
         model = TransformerLM(quality_config(scale, h_kv))
     label = f"mqa: train {kind(h_kv, scale.lm_kv_heads[0])} seed {seed}"
     train_lm(model, train, steps=scale.steps, batch_size=scale.batch, seq_len=scale.seq_len,
-             lr=scale.lr, seed=run_seed, device=ctx.device,
+             lr=scale.lr, seed=seed, device=ctx.device,
              progress=lambda it, desc="", total=None: ctx.progress(it, label, total=total))
     return model, score(model, scale, ctx, val)
 
@@ -303,8 +347,9 @@ def score(model: TransformerLM, scale: Scale, ctx: Context, val: torch.Tensor) -
 
 def uptrain(model: TransformerLM, scale: Scale, seed: int, ctx: Context,
             tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[int, float]:
-    """Uptrain a converted model in place; {step: held-out loss} every
-    ``uptrain_eval_every`` steps and at the end (scored as the trained models are)."""
+    """Uptrain a model in place (a converted one, or the MHA control: the same batches);
+    {step: held-out loss} every ``uptrain_eval_every`` steps and at the end (scored as
+    the trained models are)."""
     steps = scale.uptrain_steps
     curve: dict[int, float] = {}
 
@@ -312,13 +357,20 @@ def uptrain(model: TransformerLM, scale: Scale, seed: int, ctx: Context,
         if step % scale.uptrain_eval_every == 0 or step == steps:
             curve[step] = score(model, scale, ctx, tokens[1])
 
+    # A short warm-up all the same: the optimiser's moments start from zero.
     train_lm(model, tokens[0], steps=steps, batch_size=scale.batch, seq_len=scale.seq_len,
-             lr=scale.lr, warmup=max(1, steps // 10), seed=ctx.seed * 1000 + seed + 500,
+             lr=scale.lr * UPTRAIN_LR_RATIO, warmup=max(1, steps // 10), seed=seed + 500,
              device=ctx.device, callback=record)
     return curve
 
 
 # --------------------------------------------------------------------------- figures
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    """Mean and its distance to the min and max of the repetitions (error bars)."""
+    mean = statistics.mean(values)
+    return mean, mean - min(values), max(values) - mean
+
 
 def plot_memory_speed(cache, times, bandwidth: float, step_bytes, scale: Scale,
                       ctx: Context) -> str:
@@ -329,10 +381,14 @@ def plot_memory_speed(cache, times, bandwidth: float, step_bytes, scale: Scale,
         label = f"{kind(h, scale.n_heads)} ({h} K/V head{'s' if h > 1 else ''})"
         ax1.loglog(ns, [cache[h][n][2] / 2**20 for n in ns], "-", color=c, lw=1.2)
         ax1.loglog(ns, [cache[h][n][0] / 2**20 for n in ns], "o", color=c, label=label)
-        rate = [scale.speed_batch / times[h][n] for n in ns]
-        ax2.semilogx(ns, rate, "o-", color=c, label=f"{label}: measured")
+        rates = [[scale.speed_batch * scale.speed_steps / s
+                  for s in times[h][n].seconds] for n in ns]
+        med = np.array([statistics.median(r) for r in rates])
+        err = np.array([med - [min(r) for r in rates], [max(r) for r in rates] - med])
+        ax2.errorbar(ns, med, yerr=err, fmt="o-", color=c, capsize=3,
+                     label=f"{label}: median, range of {scale.speed_repeats} rounds")
         ceiling = [scale.speed_batch * bandwidth / step_bytes[h][n] for n in ns]
-        ax2.semilogx(ns, ceiling, ":", color=c, lw=1)
+        ax2.plot(ns, ceiling, ":", color=c, lw=1)
     for ax in (ax1, ax2):
         ax.set_xscale("log")
         ax.set_xticks(list(ns), [str(n) for n in ns])
@@ -350,56 +406,81 @@ def plot_memory_speed(cache, times, bandwidth: float, step_bytes, scale: Scale,
     ax2.set_title(f"Decoding speed ({ctx.device.type}, 1 thread, batch {scale.speed_batch})\n"
                   f"dotted: bound = copy rate ({bandwidth / 1e9:.1f} GB/s, same run) / bytes "
                   f"a step reads")
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=7.5)
     fig.tight_layout()
-    rel = ctx.save_figure(fig, "mqa_memory_speed")
-    return rel
+    return ctx.save_figure(fig, "mqa_memory_speed")
 
 
-def plot_quality(losses: dict[str, float], curve: dict[int, dict[int, float]],
-                 trained: dict[int, float], lm_heads: int, scale: Scale, ctx: Context) -> str:
+def plot_quality(losses: dict[str, list[float]], curves: dict[int, list[dict[int, float]]],
+                 lm_heads: int, scale: Scale, ctx: Context) -> str:
+    """Bars: mean over seeds with the range as error bars; curves: mean and range band."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, 5), width_ratios=(1.4, 1))
     names = list(losses)
     colours = ["C0" if n.startswith("trained") else "C1" if "pooled" in n else "C2"
-               for n in names]
-    bars = ax.bar(range(len(names)), [losses[n] for n in names], color=colours)
+               if "uptrained" in n else "C7" for n in names]
+    spread = {n: _spread(losses[n]) for n in names}
+    bars = ax.bar(range(len(names)), [spread[n][0] for n in names], color=colours,
+                  yerr=np.array([[spread[n][1] for n in names], [spread[n][2] for n in names]]),
+                  capsize=3)
     for b, n in zip(bars, names, strict=True):
-        ax.text(b.get_x() + b.get_width() / 2, losses[n], f"{losses[n]:.3f}", ha="center",
-                va="bottom", fontsize=9)
-    ax.set_xticks(range(len(names)), [n.replace(": ", ":\n") for n in names], fontsize=8.5)
-    reference = trained[lm_heads]
-    ax.axhline(reference, color="grey", ls="--", lw=1, label="MHA trained from scratch")
-    ax.legend(loc="upper left", fontsize=8)
-    lo = min(losses.values())
-    ax.set_ylim(lo - 0.15 * (max(losses.values()) - lo + 0.05), None)
+        ax.text(b.get_x() + b.get_width() / 2, spread[n][0] + spread[n][2], f"{spread[n][0]:.3f}",
+                ha="center", va="bottom", fontsize=8.5)
+    ax.set_xticks(range(len(names)), [n.replace(": ", ":\n") for n in names], fontsize=8)
+    everything = [x for v in losses.values() for x in v]
+    lo = min(everything)
+    ax.set_ylim(lo - 0.15 * (max(everything) - lo + 0.05), None)
     ax.set_ylabel("held-out loss (nats per byte)")
-    ax.set_title(f"Byte-level LMs, C={scale.d_model}, H={lm_heads}: trained from scratch "
-                 f"({scale.steps} steps, blue),\nthe MHA one converted by mean-pooling K/V "
-                 f"heads (orange), then uptrained {scale.uptrain_steps} steps (green)",
-                 fontsize=10)
+    ax.set_title(f"Byte-level LMs, C={scale.d_model}, H={lm_heads}, {scale.seeds} seeds (mean, "
+                 f"range): trained {scale.steps} steps (blue),\nMHA converted by mean-pooling "
+                 f"(orange), uptrained {scale.uptrain_steps} steps (green), MHA trained as "
+                 f"many more steps (grey)", fontsize=9.5)
 
-    for i, (h, points) in enumerate(sorted(curve.items(), reverse=True)):
-        steps = sorted(points)
-        colour = f"C{i + 3}"
-        ax2.plot([100 * s / scale.steps for s in steps], [points[s] for s in steps], "o-",
-                 color=colour, label=f"{kind(h, lm_heads)} converted from MHA")
-        ax2.axhline(trained[h], color=colour, ls=":", lw=1,
-                    label=f"{kind(h, lm_heads)} trained from scratch")
-    ax2.axhline(reference, color="C0", ls="--", lw=1.2, label="MHA source")
-    ax2.axhspan(reference, reference * (1 + MAX_CONVERTED_GAP), color="C0", alpha=0.1,
-                label=f"within {100 * MAX_CONVERTED_GAP:.0f}% of MHA")
+    for i, (h, runs) in enumerate(sorted(curves.items(), reverse=True)):
+        steps = sorted(runs[0])
+        pct = [100 * s / scale.steps for s in steps]
+        ys = np.array([[run[s] for s in steps] for run in runs])  # (seeds, points)
+        colour = "C7" if h == lm_heads else f"C{i + 2}"
+        label = ("MHA control (same extra steps)" if h == lm_heads
+                 else f"{kind(h, lm_heads)} converted from MHA")
+        ax2.plot(pct, ys.mean(0), "o-", color=colour, label=label)
+        ax2.fill_between(pct, ys.min(0), ys.max(0), color=colour, alpha=0.15)
     ax2.axvline(5, color="grey", ls=":", lw=1)
     ax2.text(5, ax2.get_ylim()[1], " Ainslie: 5%", va="top", fontsize=8, color="grey")
     ax2.set_xlabel("uptraining steps, % of the training steps")
     ax2.set_ylabel("held-out loss (nats per byte)")
-    ax2.set_title(f"Uptraining after mean-pooling (peak lr {scale.lr:g})", fontsize=10)
+    ax2.set_title(f"Uptraining after mean-pooling, from lr {scale.lr * UPTRAIN_LR_RATIO:g} "
+                  "(where training ended)\nband: range over seeds", fontsize=10)
     ax2.legend(fontsize=7.5)
     fig.tight_layout()
-    rel = ctx.save_figure(fig, "mqa_quality")
-    return rel
+    return ctx.save_figure(fig, "mqa_quality")
 
 
 # ------------------------------------------------------------------------------- run
+
+def train_and_convert(scale: Scale, ctx: Context) -> tuple[dict, dict, dict]:
+    """Per seed: every variant trained; the MHA one converted to each smaller variant
+    and uptrained, and uptrained itself as the control. Returns (trained {h: [loss]},
+    pooled {h: [loss]}, curves {h: [{step: loss}]}; curves[H] is the MHA control)."""
+    lm_heads = scale.lm_kv_heads
+    LH = lm_heads[0]
+    tokens = corpus_tokens()
+    trained: dict[int, list[float]] = {h: [] for h in lm_heads}
+    pooled: dict[int, list[float]] = {h: [] for h in lm_heads[1:]}
+    curves: dict[int, list[dict[int, float]]] = {h: [] for h in lm_heads}
+    for seed in ctx.seeds(scale.seeds):
+        for h in lm_heads:
+            model, loss = train_quality(scale, h, seed, ctx, tokens)
+            trained[h].append(loss)
+            if h == LH:
+                source = model
+        for h in ctx.progress(lm_heads[1:], "mqa: convert and uptrain",
+                              total=len(lm_heads) - 1):
+            converted = convert_kv_heads(source, h)
+            pooled[h].append(score(converted, scale, ctx, tokens[1]))
+            curves[h].append({0: pooled[h][-1], **uptrain(converted, scale, seed, ctx, tokens)})
+        curves[LH].append({0: trained[LH][-1], **uptrain(source, scale, seed, ctx, tokens)})
+    return trained, pooled, curves
+
 
 def run(ctx: Context) -> Outcome:
     scale = scale_for(ctx)
@@ -407,32 +488,18 @@ def run(ctx: Context) -> Outcome:
     mha, mqa = scale.kv_heads[0], scale.kv_heads[-1]
     lm_heads = scale.lm_kv_heads
     LH = lm_heads[0]
-    metrics: dict[str, float] = {}
+    n_top = max(scale.contexts)
     with torch_threads(1):
         models = speed_models(scale, ctx)
         cache = measure_cache(models, scale)
         bandwidth = copy_bandwidth(ctx.device, scale.copy_mib)
         times = measure_decode(models, scale, ctx)
         del models
-        tokens = corpus_tokens()
-        trained: dict[int, list[float]] = {h: [] for h in lm_heads}
-        pooled: dict[int, list[float]] = {h: [] for h in lm_heads[1:]}
-        curves: dict[int, list[dict[int, float]]] = {h: [] for h in lm_heads[1:]}
-        for seed in range(scale.seeds):
-            for h in lm_heads:
-                model, loss = train_quality(scale, h, seed, ctx, tokens)
-                trained[h].append(loss)
-                if h == LH:
-                    source = model
-            for h in ctx.progress(lm_heads[1:], "mqa: convert and uptrain",
-                                  total=len(lm_heads) - 1):
-                converted = convert_kv_heads(source, h)
-                pooled[h].append(score(converted, scale, ctx, tokens[1]))
-                curves[h].append(uptrain(converted, scale, seed, ctx, tokens))
+        trained, pooled, curves = train_and_convert(scale, ctx)
 
+    metrics: dict[str, object] = {}
     # (a) cache
     cache_exact = all(m == a == f for per in cache.values() for m, a, f in per.values())
-    n_top = max(scale.contexts)
     for h in scale.kv_heads:
         k = kind(h, H)
         for n in scale.contexts:
@@ -442,115 +509,120 @@ def run(ctx: Context) -> Outcome:
     metrics["cache_ratio_mha_mqa"] = cache_ratio
     metrics["cache_measured_equals_formula"] = float(cache_exact)
 
-    # (b) speed
+    # (b) speed: per-round ratios of interleaved calls
     step_bytes = {h: {n: decode_step_bytes(speed_config(scale, h, n_top), context=n,
                                            batch=scale.speed_batch, dtype=torch.float32)["total"]
                       for n in scale.contexts} for h in scale.kv_heads}
+    speedups = {n: speedup({"mha": times[mha][n], "mqa": times[mqa][n]}, "mha", "mqa")
+                for n in scale.contexts}
     for h in scale.kv_heads:
         k = kind(h, H)
         for n in scale.contexts:
-            metrics[f"decode_tok_s_{k}_n{n}"] = scale.speed_batch / times[h][n]
-            metrics[f"read_gbps_{k}_n{n}"] = step_bytes[h][n] / times[h][n] / 1e9
-    speedup = {n: times[mha][n] / times[mqa][n] for n in scale.contexts}
-    for n, s in speedup.items():
+            seconds = step_seconds(times[h][n], scale, ctx.device)
+            metrics[f"decode_tok_s_{k}_n{n}"] = scale.speed_batch / seconds
+            metrics[f"read_gbps_{k}_n{n}"] = step_bytes[h][n] / seconds / 1e9
+            metrics[f"decode_time_{k}_n{n}"] = times[h][n]
+    for n, s in speedups.items():
         metrics[f"decode_speedup_mqa_n{n}"] = s
+    metrics["decode_speedup_mqa_wall"] = speedup(
+        {"MHA": times[mha][n_top], "MQA": times[mqa][n_top]}, slow="MHA", fast="MQA")
     metrics["copy_gbps"] = bandwidth / 1e9
+    read_fraction = median_ci([step_bytes[mha][n_top] * scale.speed_steps / s / bandwidth
+                               for s in times[mha][n_top].seconds])
+    metrics["read_over_copy_rate_MHA"] = read_fraction
 
     # (c), (d) quality
-    mean = statistics.mean
-    losses: dict[str, float] = {}
+    final = scale.uptrain_steps
     params = {}
     for h in lm_heads:
-        losses[f"trained: {kind(h, LH)}"] = mean(trained[h])
-        metrics[f"val_loss_{kind(h, LH)}"] = mean(trained[h])
+        metrics[f"val_loss_{kind(h, LH)}"] = mean_ci(trained[h]) if len(trained[h]) > 1 \
+            else trained[h][0]
         with torch.device("meta"):
             params[h] = TransformerLM(quality_config(scale, h)).num_parameters()
         metrics[f"params_{kind(h, LH)}"] = params[h]
     for h in lm_heads[1:]:
-        losses[f"pooled: {kind(h, LH)}"] = mean(pooled[h])
-        metrics[f"val_loss_pooled_{kind(h, LH)}"] = mean(pooled[h])
-    # Mean uptraining curve per variant: {step: loss}, step 0 = just converted.
-    curve = {h: {0: mean(pooled[h]),
-                 **{step: mean(c[step] for c in curves[h]) for step in curves[h][0]}}
-             for h in lm_heads[1:]}
-    final = scale.uptrain_steps
-    for h in lm_heads[1:]:
         k = kind(h, LH)
-        losses[f"uptrained: {k}"] = curve[h][final]
-        metrics[f"val_loss_uptrained_{k}"] = curve[h][final]
-        for step, loss in curve[h].items():
+        metrics[f"val_loss_pooled_{k}"] = pooled[h]
+        metrics[f"val_loss_uptrained_{k}"] = [c[final] for c in curves[h]]
+        for step in curves[h][0]:
             if step:
-                metrics[f"val_loss_uptrained_{k}_{100 * step / scale.steps:.0f}pct"] = loss
-    base = mean(trained[LH])
-    quality_gap = mean(trained[1]) / base - 1
-    converted_gap = curve[1][final] / base - 1
-    recovered = curve[1][0] - curve[1][final]
-    damage_recovered = recovered / (curve[1][0] - base) if curve[1][0] > base else 1.0
-    within = next((step for step in sorted(curve[1]) if step
-                   and curve[1][step] / base - 1 <= MAX_CONVERTED_GAP), None)
-    first = min(step for step in curve[1] if step)
-    metrics["damage_recovered_mqa"] = damage_recovered
-    metrics["mqa_within_gap_pct"] = None if within is None else 100 * within / scale.steps
-    param_spread = max(params.values()) / min(params.values()) - 1
-    metrics["quality_gap_mqa"] = quality_gap
-    metrics["converted_gap_mqa"] = converted_gap
-    metrics["uptrain_recovery_mqa"] = recovered
-    metrics["param_mismatch"] = param_spread
+                metrics[f"val_loss_uptrained_{k}_{100 * step / scale.steps:.0f}pct"] = [
+                    c[step] for c in curves[h]]
+    control = [c[final] for c in curves[LH]]
+    metrics["val_loss_MHA_control"] = control
+    quality = ratio_ci(trained[1], trained[LH])
+    converted = ratio_ci([c[final] for c in curves[1]], control)
+    damage = ratio_ci(pooled[1], trained[LH])
+    metrics["quality_ratio_mqa"] = quality
+    metrics["converted_ratio_mqa_vs_control"] = converted
+    metrics["pooled_ratio_mqa"] = damage
+    metrics["uptrain_recovery_mqa"] = paired_diff(pooled[1], [c[final] for c in curves[1]])
+    metrics["param_mismatch"] = max(params.values()) / min(params.values()) - 1
 
+    losses: dict[str, list[float]] = {f"trained: {kind(h, LH)}": trained[h] for h in lm_heads}
+    losses |= {f"pooled: {kind(h, LH)}": pooled[h] for h in lm_heads[1:]}
+    losses |= {f"uptrained: {kind(h, LH)}": [c[final] for c in curves[h]] for h in lm_heads[1:]}
+    losses["MHA + as many steps"] = control
     figures = [plot_memory_speed(cache, times, bandwidth, step_bytes, scale, ctx),
-               plot_quality(losses, curve, {h: mean(trained[h]) for h in lm_heads}, LH, scale,
-                            ctx)]
+               plot_quality(losses, curves, LH, scale, ctx)]
 
-    checks = {
-        "cache": cache_exact and cache_ratio == H,
-        "speed": speedup[n_top] >= MIN_DECODE_SPEEDUP,
-        "quality": quality_gap <= MAX_QUALITY_GAP,
-        "conversion": recovered > 0 and converted_gap <= MAX_CONVERTED_GAP,
-    }
-    held = sum(checks.values())
-    verdict = verdict_of(checks)
-
-    def mark(name: str) -> str:
-        return "holds" if checks[name] else "fails"
+    clock_name = "CPU" if ctx.device.type == "cpu" else "wall"
+    checks = [
+        Check(f"decode speed-up, MQA over MHA at n={n_top}", speedups[n_top], ">=",
+              MIN_DECODE_SPEEDUP, why=f"per-round {clock_name}-time ratio of "
+              f"{scale.speed_repeats} interleaved rounds"),
+        Check("held-out loss, MQA / MHA", quality, "<=", 1 + MAX_QUALITY_GAP,
+              why=f"paired over {scale.seeds} seeds"),
+        Check("uptrained MQA / MHA control", converted, "<=", 1 + MAX_CONVERTED_GAP,
+              why=f"MHA converted, uptrained {final} steps vs MHA trained the same {final} "
+                  "steps"),
+        Check(f"KV cache bytes, MHA / MQA (H = {H})", exact(cache_ratio), "in",
+              (float(H), float(H)), why="by construction of KVCache: a test of the code",
+              counted=False),
+        Check(f"MHA decode read rate / copy rate at n={n_top}", read_fraction, "<=", 1.0,
+              why="a step cannot read faster than memory copies: a sanity bound",
+              counted=False),
+    ]
+    text = [c.text() for c in checks]
 
     per_token = ", ".join(f"{kind(h, H)} {metrics[f'cache_bytes_per_token_{kind(h, H)}']:,.0f}"
                           for h in scale.kv_heads)
     speed_txt = "; ".join(
-        f"n={n}: " + ", ".join(f"{kind(h, H)} {scale.speed_batch / times[h][n]:,.0f}"
+        f"n={n}: " + ", ".join(f"{kind(h, H)} {metrics[f'decode_tok_s_{kind(h, H)}_n{n}']:,.0f}"
                                for h in scale.kv_heads)
         for n in scale.contexts)
     gbps = ", ".join(f"{kind(h, H)} {metrics[f'read_gbps_{kind(h, H)}_n{n_top}']:.1f}"
                      for h in scale.kv_heads)
+    first = min(step for step in curves[1][0] if step)
+
+    def mean_at(h: int, step: int) -> float:
+        return statistics.mean(c[step] for c in curves[h])
+
     evidence = (
-        f"KV cache bytes per token (fp32, L={scale.speed_layers}, D="
-        f"{scale.speed_d_model // H}): {per_token}; KVCache.nbytes and the bytes it allocated "
-        f"equal 2 L H_kv D n B x 4 at every n and variant: {cache_exact}; "
-        f"MHA/MQA = {cache_ratio:g} (H = {H}) "
-        f"[{mark('cache')}]. "
-        f"Decoding tokens per CPU-second (batch {scale.speed_batch}, one thread): {speed_txt}; "
-        f"at n={n_top} "
-        f"MQA is {speedup[n_top]:.2f}x MHA (need >= {MIN_DECODE_SPEEDUP}x), reading "
-        f"{gbps} GB/s against a copy rate of {bandwidth / 1e9:.1f} GB/s [{mark('speed')}]. "
+        f"Decoding tokens per {clock_name}-second (batch {scale.speed_batch}, one thread, "
+        f"median of {scale.speed_repeats} interleaved rounds): {speed_txt}; {text[0]} "
+        f"(wall-time ratio {metrics['decode_speedup_mqa_wall']:.3g}). "
         f"Held-out loss of {scale.n_layers}-layer LMs (C={scale.d_model}, H={LH}, "
-        f"{params[LH]:,} parameters, the others within {100 * param_spread:.1f}% through "
-        f"their FFN) after {scale.steps} steps, mean of {scale.seeds} seed(s): "
-        + ", ".join(f"{kind(h, LH)} {mean(trained[h]):.4f}" for h in lm_heads)
-        + f"; MQA {100 * quality_gap:+.1f}% vs MHA (need <= {100 * MAX_QUALITY_GAP:.0f}%) "
-        f"[{mark('quality')}]. "
-        f"MHA converted by mean-pooling, then uptrained at the training lr: "
-        + ", ".join(f"{kind(h, LH)} {curve[h][0]:.4f} -> {curve[h][first]:.4f} after "
-                    f"{100 * first / scale.steps:.0f}% -> {curve[h][final]:.4f} after "
+        f"{params[LH]:,} parameters, the others within "
+        f"{100 * metrics['param_mismatch']:.1f}% through their FFN) after {scale.steps} steps, "
+        f"mean of {scale.seeds} seeds: "
+        + ", ".join(f"{kind(h, LH)} {statistics.mean(trained[h]):.4f}" for h in lm_heads)
+        + f"; {text[1]}. MHA converted by mean-pooling, then uptrained from the lr training ended at "
+        f"({scale.lr * UPTRAIN_LR_RATIO:g}): "
+        + ", ".join(f"{kind(h, LH)} {mean_at(h, 0):.4f} -> {mean_at(h, first):.4f} after "
+                    f"{100 * first / scale.steps:.0f}% -> {mean_at(h, final):.4f} after "
                     f"{100 * final / scale.steps:.0f}% of the training steps"
                     for h in lm_heads[1:])
-        + f"; MQA recovers {100 * damage_recovered:.0f}% of what pooling lost and ends "
-        f"{100 * converted_gap:+.1f}% vs its MHA source (need a recovery > 0 and <= "
-        f"{100 * MAX_CONVERTED_GAP:.0f}%; "
-        + (f"first within it after {100 * within / scale.steps:.0f}%" if within is not None
-           else "not within it in this budget")
-        + f") [{mark('conversion')}]. "
-        f"{held}/{len(checks)} checks hold."
+        + f"; the MHA control, trained as many more steps, {statistics.mean(control):.4f}; "
+        f"{text[2]} (pooling alone: MQA / MHA {damage:.3g}). Context, not counted: KV cache "
+        f"bytes per token (fp32, L={scale.speed_layers}, D={scale.speed_d_model // H}): "
+        f"{per_token}; KVCache.nbytes and its allocation equal 2 L H_kv D n B x 4 at every n "
+        f"and variant: {cache_exact}; {text[3]}. At n={n_top} the steps read {gbps} GB/s "
+        f"against a copy rate of {bandwidth / 1e9:.1f} GB/s: {text[4]} -- on this CPU a step "
+        f"is not bound by the bytes it reads, so the speed-up is below the ratio of "
+        f"the bytes the steps read."
     )
-    return Outcome(metrics=metrics, verdict=verdict, evidence=evidence, figures=figures)
+    return Outcome(metrics=metrics, evidence=evidence, checks=checks, figures=figures)
 
 
 EXPERIMENT = Experiment(
@@ -564,4 +636,7 @@ EXPERIMENT = Experiment(
         "its K/V heads recovers with brief uptraining."
     ),
     run=run,
+    # Both measured: user+sys CPU seconds of a one-experiment run at 1 thread (quick:
+    # 34-35 s at seeds 0, 1, 2; full: 241 s at seed 0).
+    seconds={"quick": 35, "full": 245},
 )
