@@ -30,7 +30,7 @@ def _ok(ctx: Context) -> Outcome:
         "steps": np.int64(7),
         "nested": {"a": {"b": 1.0}},
     }
-    return Outcome(metrics=metrics, verdict="supported",
+    return Outcome(metrics=metrics, checks=[Check("ratio", mean_ci([0.5, 0.6, 0.55]), ">=", 0.1)],
                    evidence="ratio 0.5 <script>alert(1)</script>", figures=[rel])
 
 
@@ -42,7 +42,8 @@ def _random(ctx: Context) -> Outcome:
     value = torch.rand(1).item()
     return Outcome(metrics={"value": value, "device": ctx.device,
                             "threads": torch.get_num_threads()},
-                   verdict="partly", evidence="random draw")
+                   checks=[Check("value", exact(value), "<=", 2.0),
+                           Check("never", exact(value), ">=", 2.0)], evidence="random draw")
 
 
 FAKES = {

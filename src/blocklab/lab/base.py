@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from blocklab.lab.estimate import Check, Verdict
-from blocklab.lab.estimate import verdict_of as _verdict_of_checks
+from blocklab.lab.estimate import Check, Verdict, verdict_of
 
 VERDICTS: tuple[str, ...] = ("supported", "partly", "inconclusive", "not supported")
 VERDICT_MEANING: dict[str, str] = {
@@ -97,23 +96,17 @@ class Context:
 
 @dataclass
 class Outcome:
-    """What an experiment returns: numbers, the checks on them, figures.
-
-    ``verdict`` defaults to :func:`verdict_of` over ``checks``; pass it only when an
-    experiment combines sub-verdicts by a rule of its own (which it must document).
-    """
+    """What an experiment returns: numbers, the checks on them, figures. The verdict
+    is :func:`verdict_of` over the checks, never given."""
 
     metrics: dict[str, Any]
     evidence: str
-    checks: list[Check] = field(default_factory=list)
+    checks: list[Check]
     figures: list[str] = field(default_factory=list)
-    verdict: Verdict | None = None
+    verdict: Verdict = field(init=False)
 
     def __post_init__(self) -> None:
-        if self.verdict is None:
-            self.verdict = verdict_of(self.checks)
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict ({self.verdict!r}) must be one of {VERDICTS}")
+        self.verdict = verdict_of(self.checks)
 
 
 @dataclass(frozen=True)
@@ -128,16 +121,6 @@ class Experiment:
     # Seconds on 2 idle CPU cores, measured and written down by hand: the runner prints
     # their sum before a run and `blocklab lab --help` lists them.
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def verdict_of(checks: Iterable[Check] | dict[str, bool]) -> Verdict:
-    """:func:`blocklab.lab.estimate.verdict_of`; a dict of booleans (the rule before
-    intervals: all -> supported, some -> partly, none -> not supported) is still read
-    while experiments move to checks with intervals."""
-    if isinstance(checks, dict):
-        held = sum(checks.values())
-        return "supported" if held == len(checks) else "partly" if held else "not supported"
-    return _verdict_of_checks(checks)
 
 
 @contextlib.contextmanager
