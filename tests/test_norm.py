@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from blocklab.norm import RMSNorm, make_norm
+from blocklab.norm import LayerNorm, RMSNorm, make_norm
 from tests.conftest import assert_close
 
 
@@ -31,3 +32,32 @@ def test_rmsnorm_matches_hugging_face():
 def test_unknown_norm():
     with pytest.raises(ValueError, match="norm .'batch'. must be"):
         make_norm("batch", 8, 1e-5)
+
+
+# ------------------------------------------------------- bad input at the boundary (#13)
+
+@pytest.mark.parametrize("cls", [RMSNorm, LayerNorm])
+@pytest.mark.parametrize(("eps", "error"), [(0.0, ValueError), (-1.0, ValueError),
+                                            (float("nan"), ValueError), ("1e-5", TypeError)])
+def test_eps_must_be_finite_and_positive(cls, eps, error):
+    with pytest.raises(error, match="eps"):
+        cls(8, eps=eps)
+
+
+@pytest.mark.parametrize("cls", [RMSNorm, LayerNorm])
+def test_integer_input_and_wrong_width_are_refused(cls):
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got torch.int64"):
+        cls(4)(torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"x must be \(..., C=4\), got shape \(2, 5\)"):
+        cls(4)(torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_output_dtype_is_the_input_dtype_with_fp32_weights(dtype):
+    x = torch.randn(3, 8).to(dtype)
+    for norm in (RMSNorm(8), LayerNorm(8)):
+        out = norm(x)
+        assert out.dtype == dtype
+        ref = F.layer_norm(x.double(), (8,)) if isinstance(norm, LayerNorm) else \
+            x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + norm.eps)
+        assert_close(out, ref)

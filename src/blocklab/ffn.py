@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blocklab._checks import check_bool, check_float, check_int, check_tensor
+
 __all__ = ["FeedForward", "ACTIVATIONS", "GLU_ACTIVATIONS", "ffn_hidden_dim"]
 
 Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "relu2", "reglu", "geglu", "swiglu"]
@@ -82,20 +84,17 @@ class FeedForward(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(f"activation ({activation!r}) must be one of {sorted(ACTIVATIONS)}")
-        if d_model <= 0:
-            raise ValueError(f"d_model ({d_model}) must be positive")
-        if expansion <= 0:
-            raise ValueError(f"expansion ({expansion}) must be positive")
-        if multiple_of <= 0:
-            raise ValueError(f"multiple_of ({multiple_of}) must be positive")
+        check_int("d_model", d_model, min=1)
+        check_float("expansion", expansion, gt=0)
+        check_int("multiple_of", multiple_of, min=1)
+        check_bool("bias", bias)
         if hidden_dim is None:
             hidden_dim = ffn_hidden_dim(
                 d_model, expansion=expansion, activation=activation, multiple_of=multiple_of
             )
-        if hidden_dim <= 0:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must be positive")
+        check_int("hidden_dim", hidden_dim, min=1)
         self.d_model = d_model
         self.hidden_dim = hidden_dim
         self.activation = activation
@@ -106,6 +105,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., C) -> (..., C)."""
+        check_tensor("x", x, floating=True)
+        if x.dim() == 0 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be (..., C={self.d_model}), got shape {tuple(x.shape)}")
         h = self.w_in(x)  # (..., hidden) or (..., 2 * hidden)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)

@@ -319,3 +319,44 @@ def test_module_refuses_cache_and_general_masks():
         DilatedAttention.from_attention(Attention(32, 4, window=4), segment_lengths=[8],
                                         dilation_rates=[1])
     assert "segment_lengths=[8]" in repr(attn)
+
+
+# ------------------------------------------------------------- sizes at the boundary (#13)
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_rate_far_above_the_length_stays_small(causal):
+    """A rate of 10^9 over 8 tokens once padded every head to 10^9 positions (32 GB)."""
+    q, k, v = _qkv(1, 4, 2, 8, 4, grad=True)
+    kw = dict(segment_lengths=[10**9, 4], dilation_rates=[10**9, 2], causal=causal)
+    out = dilated_attention(q, k, v, **kw)
+    ref = naive_dilated_attention(q, k, v, **kw)
+    assert_close(out, ref)
+    grad = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), grad),
+                         torch.autograd.grad(ref, (q, k, v), grad), strict=True):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 8, 4), (1, 2, 0, 4), (1, 2, 8, 0)])
+def test_empty_in_empty_out(shape):
+    q = torch.randn(shape)
+    out = dilated_attention(q, q, q, segment_lengths=[4], dilation_rates=[2])
+    assert out.shape == shape
+
+
+def test_flops_closed_form_matches_the_count_and_checks_sizes():
+    def loop(T, ws, rs, H):
+        return sum(len(range(s + h % r, min(s + w, T), r)) ** 2
+                   for h in range(H) for w, r in zip(ws, rs, strict=True) for s in range(0, T, w))
+
+    for T in (0, 1, 7, 64, 100):
+        for ws, rs in (([4], [1]), ([6, 12], [2, 3]), ([8, 32], [4, 16])):
+            assert dilated_attention_flops(T, segment_lengths=ws, dilation_rates=rs, n_heads=5,
+                                           head_dim=2) == 4 * 2 * loop(T, ws, rs, 5)
+    for kw, error in (({"seq_len": -5}, ValueError), ({"n_heads": -2}, ValueError),
+                      ({"head_dim": 0}, ValueError), ({"batch": True}, TypeError),
+                      ({"causal": "no"}, TypeError)):
+        args = dict(seq_len=8, segment_lengths=[4], dilation_rates=[1], n_heads=2, head_dim=4)
+        args.update(kw)
+        with pytest.raises(error, match=next(iter(kw))):
+            dilated_attention_flops(args.pop("seq_len"), **args)

@@ -142,3 +142,61 @@ def test_bad_input_raises_clear_errors(kwargs, exc, match):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         scaled_dot_product_attention(args["q"], args["k"], args["v"], mask=args["mask"])
+
+
+# ------------------------------------------------------- bad input at the boundary (#13)
+
+def test_prefill_mask_on_a_decode_step_is_refused():
+    q, k, v = _qkv(T=1, S=5)
+    with pytest.raises(ValueError, match=r"mask of shape \(1, 1, 5, 5\) does not broadcast to "
+                                         r"\(B, H, T, S\) = \(2, 4, 1, 5\)"):
+        scaled_dot_product_attention(q, k, v, mask=torch.ones(1, 1, 5, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(("scale", "error"), [(0.0, ValueError), (-1.0, ValueError),
+                                              (float("nan"), ValueError),
+                                              (float("inf"), ValueError), ("1", TypeError)])
+def test_scale_must_be_finite_and_positive(scale, error):
+    with pytest.raises(error, match="scale"):
+        scaled_dot_product_attention(*_qkv(), scale=scale)
+
+
+@pytest.mark.parametrize("causal", ["no", 1, None])
+def test_causal_must_be_a_bool(causal):
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        scaled_dot_product_attention(*_qkv(), causal=causal)
+
+
+@pytest.mark.parametrize("T,S,causal", [(1, 5, False), (5, 5, True), (5, 5, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_nan_query_gives_nan_not_zeros(T, S, causal, dtype):
+    """torch's CPU flash kernel returns a zero row for a NaN query (and for some inf)."""
+    q, k, v = _qkv(T=T, S=S, dtype=dtype)
+    q[0, 1, 0, 0] = float("nan")
+    out = scaled_dot_product_attention(q, k, v, causal=causal)
+    assert out[0, 1, 0].isnan().all()
+    clean = scaled_dot_product_attention(q.nan_to_num(0.0), k, v, causal=causal)
+    assert torch.equal(out[1], clean[1])  # nothing leaks into the other batch row
+
+
+def test_non_finite_key_never_gives_a_zero_row():
+    q, k, v = _qkv(T=1, S=1, dtype=torch.float32)
+    k[:, :, 0, 0] = float("nan")
+    out = scaled_dot_product_attention(q, k, v)
+    assert out.isnan().any(-1).all()
+
+
+def test_attention_weights_keep_nan_and_zero_only_masked_rows():
+    q, k, _ = _qkv(T=2, S=3)
+    q[0, 0, 0, 0] = float("nan")
+    mask = torch.ones(2, 4, 2, 3, dtype=torch.bool)
+    mask[1, 2, 1] = False
+    w = attention_weights(q, k, mask=mask)
+    assert w[0, 0, 0].isnan().all() and (w[1, 2, 1] == 0).all()
+
+
+def test_no_keys_gives_zeros_and_empty_gives_empty():
+    q, k, v = _qkv(S=0)
+    assert torch.equal(scaled_dot_product_attention(q, k, v, causal=True), torch.zeros(2, 4, 5, 8))
+    q, k, v = _qkv(B=0)
+    assert scaled_dot_product_attention(q, k, v).shape == (0, 4, 5, 8)

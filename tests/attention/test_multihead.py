@@ -101,3 +101,71 @@ def test_bad_configuration(args, kwargs, exc, match):
 def test_wrong_input_width():
     with pytest.raises(ValueError, match=r"x must be \(B, T, C=32\)"):
         Attention(32, 4)(torch.randn(2, 3, 16))
+
+
+# ---------------------------------------------------------------- KVCache checks (#13)
+
+def _cache(**kw) -> KVCache:
+    sizes = dict(n_layers=2, batch=2, n_kv_heads=2, head_dim=8, max_seq_len=10)
+    return KVCache(**{**sizes, **kw})
+
+
+@pytest.mark.parametrize(("shape", "match"), [
+    ((1, 2, 3, 8), r"cache holds \(batch, n_kv_heads, head_dim\) = \(2, 2, 8\), k and v have "
+                   r"\(1, 2, 8\)"),  # a batch-1 key is not spread over a batch-2 cache
+    ((2, 1, 3, 8), r"k and v have \(2, 1, 8\)"),
+    ((2, 2, 3, 4), r"k and v have \(2, 2, 4\)"),
+    ((2, 2, 11, 8), r"KV cache full: 0 stored \+ 11 new > max_seq_len 10"),
+])
+def test_cache_update_checks_the_layout(shape, match):
+    with pytest.raises(ValueError, match=match):
+        _cache().update(0, torch.zeros(shape), torch.zeros(shape))
+
+
+@pytest.mark.parametrize(("layer", "error"), [(2, ValueError), (-1, ValueError),
+                                              (True, TypeError), (0.0, TypeError)])
+def test_cache_update_checks_the_layer(layer, error):
+    with pytest.raises(error, match="layer"):
+        _cache().update(layer, torch.zeros(2, 2, 1, 8), torch.zeros(2, 2, 1, 8))
+
+
+@pytest.mark.parametrize(("n", "error", "match"), [
+    (-1, ValueError, r"T \(-1\) must be >= 0"), (1.5, TypeError, "T must be an int"),
+    (True, TypeError, "T must be an int"), (11, ValueError, "would pass max_seq_len"),
+])
+def test_cache_advance_checks(n, error, match):
+    cache = _cache()
+    with pytest.raises(error, match=match):
+        cache.advance(n)
+    assert cache.length == 0
+    cache.advance(10)
+    assert cache.length == 10
+
+
+@pytest.mark.parametrize(("kw", "error"), [({"batch": True}, TypeError), ({"head_dim": 0}, ValueError),
+                                           ({"max_seq_len": 2.0}, TypeError)])
+def test_cache_sizes_are_positive_ints(kw, error):
+    with pytest.raises(error, match=next(iter(kw))):
+        _cache(**kw)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"head_dim": 4}, r"cache holds .* = \(2, 2, 4\), x and this layer have \(2, 2, 8\)"),
+    ({"n_kv_heads": 4}, r"x and this layer have \(2, 2, 8\)"),
+    ({"max_seq_len": 2}, "KV cache full"),
+])
+def test_attention_checks_its_cache_before_computing(kw, match):
+    attn = Attention(32, 4, n_kv_heads=2)
+    with pytest.raises(ValueError, match=match):
+        attn(torch.randn(2, 3, 32), cache=_cache(**kw))
+
+
+@pytest.mark.parametrize(("kw", "error"), [({"head_dim": True}, TypeError),
+                                           ({"n_kv_heads": True}, TypeError),
+                                           ({"window": 0}, ValueError),
+                                           ({"bias": "no"}, TypeError)])
+def test_bools_are_not_sizes_nor_strings_bools(kw, error):
+    with pytest.raises(error, match=next(iter(kw))):
+        Attention(32, 4, **kw)
+    with pytest.raises(TypeError, match="causal must be a bool"):
+        Attention(32, 4)(torch.randn(1, 2, 32), causal="no")

@@ -233,3 +233,45 @@ def test_distillation_loss_bad_input(ctor: dict, target, error: type, match: str
     with pytest.raises(error, match=match):
         DistillationLoss(**ctor)(torch.randn(4, 5), torch.randn(4, 5),
                                  target if target is not None else torch.tensor([0, 1, 2, 3]))
+
+
+# --------------------------------------------------------- large temperatures (#13)
+
+def _kd_limit(s: torch.Tensor, t: torch.Tensor) -> float:
+    """T^2 KL as T -> inf: Var(z_t - z_s) / 2 under the uniform p, row mean (fp64)."""
+    d = (t - s).double()
+    return float((d.var(-1, unbiased=False) / 2).mean())
+
+
+@pytest.mark.parametrize("temperature", [1e3, 1e6, 1e12])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_large_temperature_is_accurate_in_fp32(temperature: float, direction: str) -> None:
+    # Once 1.1% off at T = 1e3 and a negative KL at 1e6 (log p - log q cancelling).
+    s, t = torch.randn(6, 10), torch.randn(6, 10)
+    got = kd_loss(s, t, temperature=temperature, direction=direction)
+    # At these temperatures the exact value is within 1e-3 relative of its limit for 1e3
+    # (and indistinguishable beyond); fp64 on the plain formula would lose T^2 ulps too.
+    rel = 2e-3 if temperature == 1e3 else 1e-5
+    assert got.item() == pytest.approx(_kd_limit(s, t), rel=rel)
+    ref64 = kd_reference(s, t, temperature=1e3, reverse=direction == "reverse")
+    if temperature == 1e3:
+        assert got.item() == pytest.approx(ref64, rel=1e-5)
+
+
+def test_centred_path_gradient_fp64() -> None:
+    s = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(3, 5, dtype=torch.float64)
+    for direction in ("forward", "reverse"):
+        assert torch.autograd.gradcheck(
+            lambda x, d=direction: kd_loss(x, t, temperature=100.0, direction=d), (s,))
+    # and it equals T (q - p), the fused path's gradient, at the switch
+    for temperature in (32.0, 32.0001):
+        x = s.detach().clone().requires_grad_()
+        kd_loss(x, t, temperature=temperature).backward()
+        want = temperature * (torch.softmax(s / temperature, -1) - torch.softmax(t / temperature, -1))
+        assert_close(x.grad, want / 3)
+
+
+def test_ignore_index_must_be_an_int() -> None:
+    with pytest.raises(TypeError, match=r"ignore_index must be an int, got str \('x'\)"):
+        DistillationLoss(ignore_index="x")

@@ -275,7 +275,7 @@ def test_focal_finite_at_extreme_logits(dtype: torch.dtype, gamma: float) -> Non
     x = logits.clone().requires_grad_()
     loss = focal_loss(x, target, gamma=gamma, alpha=torch.tensor([0.25, 0.5, 1.0]))
     loss.backward()
-    assert loss.dtype == dtype
+    assert loss.dtype == torch.promote_types(dtype, torch.float32)  # reduced: at least fp32
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     ref = focal_loss_reference(logits, target, gamma=gamma,
                                alpha=torch.tensor([0.25, 0.5, 1.0]))
@@ -290,7 +290,7 @@ def test_sigmoid_focal_finite_at_extreme_logits(dtype: torch.dtype, gamma: float
     x = logits.clone().requires_grad_()
     loss = sigmoid_focal_loss(x, targets, gamma=gamma, reduction="sum")
     loss.backward()
-    assert loss.dtype == dtype
+    assert loss.dtype == torch.promote_types(dtype, torch.float32)  # reduced: at least fp32
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     ref = sum(sigmoid_focal_reference(float(a), float(b), gamma=gamma, alpha=0.25)
               for a, b in zip(logits.double(), targets.double(), strict=True))
@@ -542,3 +542,20 @@ def test_focal_cuda_matches_cpu() -> None:
         z = xs.to(dtype).requires_grad_()
         sigmoid_focal_loss(z, ts, gamma=0.25, reduction="positives").backward()
         assert torch.isfinite(z.grad).all()
+
+
+# ------------------------------------------------------- half precision sums (#13)
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_fp16_reduced_losses_do_not_overflow(reduction):
+    logits = torch.tensor([[6e4, -6e4]] * 4, dtype=torch.float16)  # each loss 1.2e5 > 65504
+    loss = focal_loss(logits, torch.ones(4, dtype=torch.long), gamma=0.0, reduction=reduction)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    per = float(logits[0].double().logsumexp(0) - logits[0, 1].double())
+    assert_close(loss, torch.tensor(per * (4 if reduction == "sum" else 1)))
+    x = torch.full((4,), -6e4, dtype=torch.float16)
+    s = sigmoid_focal_loss(x, torch.ones(4), gamma=0.0, alpha=-1.0, reduction="sum")
+    assert s.dtype == torch.float32 and float(s) == pytest.approx(4 * 6e4, rel=1e-3)
+    # per-element losses keep the input dtype, as F.cross_entropy's do
+    assert focal_loss(logits, torch.ones(4, dtype=torch.long), reduction="none").dtype == \
+        torch.float16

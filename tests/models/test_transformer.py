@@ -130,3 +130,80 @@ def test_fused_loss_equals_cross_entropy_of_logits():
     assert_close(fused.detach(), plain.detach())
     for n, p in model.named_parameters():
         assert_close(grads[n], p.grad, atol=1e-5)  # summation order differs per chunk
+
+
+# ------------------------------------------------------- bad input at the boundary (#13)
+
+def test_targets_must_match_input_ids_and_the_vocabulary():
+    model = _model()
+    x = torch.randint(0, 256, (2, 3))
+    with pytest.raises(ValueError, match=r"targets must have input_ids' shape \(B, T\) = \(2, 3\), "
+                                         r"got \(3, 2\)"):
+        model(x, targets=x.T.contiguous())  # (T, B) once gave a wrong loss silently
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, vocab_size=256\) or be "
+                                         r"ignore_index \(-100\), got token 256"):
+        model(x, targets=torch.full((2, 3), 256))
+    with pytest.raises(TypeError, match="targets must be an integer tensor"):
+        model(x, targets=x.float())
+
+
+def test_empty_batch_or_length_gives_empty_logits():
+    model = _model()
+    assert model(torch.zeros(0, 3, dtype=torch.long)).shape == (0, 3, 256)
+    assert model(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, 256)
+    loss = model(torch.zeros(2, 0, dtype=torch.long), targets=torch.zeros(2, 0, dtype=torch.long))
+    assert loss.isnan()  # no token counted: NaN, as F.cross_entropy
+
+
+def test_cache_of_another_shape_is_refused_up_front():
+    model = _model()
+    x = torch.randint(0, 256, (2, 3))
+    cfg = model.config
+    sizes = dict(n_layers=cfg.n_layers, batch=2, n_kv_heads=cfg.kv_heads, head_dim=cfg.dim_head,
+                 max_seq_len=8)
+    from blocklab.attention import KVCache
+
+    for change, match in (({"head_dim": cfg.dim_head + 1}, "input_ids and the model have"),
+                          ({"n_kv_heads": cfg.kv_heads * 2}, "input_ids and the model have"),
+                          ({"batch": 1}, "input_ids and the model have"),
+                          ({"n_layers": 1}, "cache has n_layers=1, fewer than the model's 2")):
+        with pytest.raises(ValueError, match=match):
+            model(x, cache=KVCache(**{**sizes, **change}))
+
+
+@pytest.mark.parametrize(("kw", "error", "match"), [
+    ({"max_new_tokens": True}, TypeError, "max_new_tokens must be an int, got bool"),
+    ({"temperature": float("nan")}, ValueError, r"temperature \(nan\) must be finite"),
+    ({"eos_token_id": 256}, ValueError, r"eos_token_id \(256\) must lie in \[0, vocab_size=256\)"),
+    ({"eos_token_id": True}, TypeError, "eos_token_id must be an int"),
+    ({"top_k": True}, TypeError, "top_k must be an int"),
+])
+def test_generate_checks_its_arguments(kw, error, match):
+    with pytest.raises(error, match=match):
+        _model().generate(torch.zeros(1, 2, dtype=torch.long), kw.pop("max_new_tokens", 2), **kw)
+
+
+def test_generate_on_empty_input():
+    model = _model()
+    empty = torch.zeros(0, 3, dtype=torch.long)
+    assert torch.equal(model.generate(empty, 4), empty)  # no row: nothing to continue
+    with pytest.raises(ValueError, match="at least one prompt token"):
+        model.generate(torch.zeros(2, 0, dtype=torch.long), 4)
+
+
+@pytest.mark.parametrize("field", ["tie_embeddings", "rope_interleaved", "qkv_bias"])
+def test_config_booleans_are_bools(field):
+    with pytest.raises(TypeError, match=f"{field} must be a bool, got str"):
+        TransformerConfig(**{field: "no"})
+
+
+@pytest.mark.parametrize("field", ["n_kv_heads", "head_dim", "rope_dim", "sliding_window"])
+def test_config_sizes_are_not_bools(field):
+    with pytest.raises(TypeError, match=f"{field} must be an int, got bool"):
+        TransformerConfig(**{field: True})
+
+
+@pytest.mark.parametrize("field", ["norm_eps", "init_std", "ffn_expansion"])
+def test_config_floats_are_positive(field):
+    with pytest.raises(ValueError, match=field):
+        TransformerConfig(**{field: -1.0})

@@ -429,3 +429,27 @@ def test_blocked_path_scratch_serves_every_grad_mode(first, monkeypatch):
         if mode == "grad":
             rq.sum().backward()
             assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+# ------------------------------------------------------- bad input at the boundary (#13)
+
+def test_integer_and_bool_inputs_are_refused():
+    rope = RotaryEmbedding(8)
+    ones = torch.ones(1, 1, 3, 8, dtype=torch.long)
+    with pytest.raises(TypeError, match="q must be a floating-point tensor"):
+        rope(ones, ones)
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        apply_rotary(ones, torch.ones(3, 4), torch.ones(3, 4))
+    with pytest.raises(TypeError, match="interleaved must be a bool, got str"):
+        RotaryEmbedding(8, interleaved="no")
+    with pytest.raises(TypeError, match="inplace must be a bool"):
+        rope(torch.randn(1, 1, 3, 8), torch.randn(1, 1, 3, 8), inplace="no")
+    with pytest.raises(ValueError, match=r"rotary base \(inf\) must be finite"):
+        RotaryEmbedding(8, base=float("inf"))
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 3, 8), (2, 2, 0, 8)])
+def test_empty_tensors_rotate_in_place(shape):
+    q, k = torch.randn(shape), torch.randn(shape)
+    rq, rk = RotaryEmbedding(8)(q, k, inplace=True)
+    assert rq.shape == shape and rk.shape == shape

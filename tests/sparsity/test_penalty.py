@@ -58,3 +58,8 @@ def test_bad_strength(strength):
 def test_model_without_layers():
     with pytest.raises(ValueError, match=r"has no Linear/Conv layers to penalise"):
         l1_penalty(nn.Sequential(nn.ReLU()))
+
+
+def test_empty_modules_list_says_so():
+    with pytest.raises(ValueError, match="modules is empty"):
+        l1_penalty(nn.Sequential(nn.Linear(2, 2)), modules=[])

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from blocklab._alloc import rows_per_block
+from blocklab._checks import check_bool, check_float, check_int, check_positive
 from blocklab.attention.functional import check_qkv
 from blocklab.attention.multihead import head_layout
 
@@ -89,16 +90,20 @@ def check_patterns(
 
 def _plan(n: int, ws: Sequence[int], rs: Sequence[int]) -> tuple[list[tuple[int, int, int]], int]:
     """Per pattern (w_eff, r, L): the segment length used, the rate, and the padded length
-    n_segments * w_eff; plus the longest L (the length everything is padded to).
+    n_segments * w_eff; plus the length everything is padded to: n, or n + 1 when some
+    pattern runs past n.
 
     A segment longer than the sequence becomes one segment of ceil(n / r) * r positions:
     the positions past n would only be masked keys, so this is the same attention.
+    Every position past n is read from one shared padding slot, position n (see
+    :func:`_pattern_rows`), so memory stays linear in n whatever the rates: a rate of
+    10^9 over 8 tokens pads to 9 positions, not 10^9.
     """
     plan = []
     for w, r in zip(ws, rs, strict=True):
         w_eff = w if n > w else max(-(-n // r) * r, r)
         plan.append((w_eff, r, -(-n // w_eff) * w_eff))
-    return plan, max(length for _, _, length in plan)
+    return plan, n + (max(length for _, _, length in plan) > n)
 
 
 # ----------------------------------------------------------- sparse segments as rows
@@ -107,6 +112,8 @@ def _pattern_rows(w: int, r: int, length: int, H: int, L_max: int,
                   device: torch.device) -> torch.Tensor:
     """The sparse segments of one pattern as rows of flat positions h * L_max + t:
     (H * n_seg, m), head h keeping t = s w + (h mod r) + r i in segment s, i < m = w / r.
+    Positions past the sequence all read the padding slot t = L_max - 1 (always last in
+    their segment, so a causal query never sees one).
 
     Gathering q (B, H * L_max, D) at these rows gives every head's sparse segments as a
     batch (B, H * n_seg, m, D) -- one copy for all heads and segments.
@@ -115,7 +122,7 @@ def _pattern_rows(w: int, r: int, length: int, H: int, L_max: int,
     h = torch.arange(H, device=device).view(H, 1, 1)
     t = (torch.arange(n_seg, device=device).view(1, n_seg, 1) * w + h % r
          + r * torch.arange(m, device=device).view(1, 1, m))  # (H, n_seg, m)
-    return (h * L_max + t).view(H * n_seg, m)
+    return (h * L_max + t.clamp_(max=L_max - 1)).view(H * n_seg, m)
 
 
 def _row_keys(key_valid: torch.Tensor | None, rows: torch.Tensor, L_max: int
@@ -216,6 +223,11 @@ class _DilatedFlashCPU(torch.autograd.Function):
         for rows, out_k, lse_k in results:
             weights = torch.exp(lse_k - _rows_of(ref, rows))  # (B, G, m)
             out.index_add_(1, rows.view(-1), (out_k * weights.unsqueeze(-1)).view(B, -1, D))
+        if L_max > T:
+            # The padding slot sums every padding query's output: zero it (and its lse)
+            # so the backward, which gathers both for those queries, stays finite.
+            out.view(B, H, L_max, D)[:, :, T:] = 0.0
+            lse.view(B, H, L_max)[:, :, T:] = -math.inf
         out = out.to(q.dtype)
         ctx.save_for_backward(q, k, v, key_valid, out, lse)
         ctx.plan, ctx.causal, ctx.scale, ctx.shape = plan, causal, scale, (B, H, T, L_max)
@@ -305,11 +317,13 @@ def _pad(x: torch.Tensor, length: int) -> torch.Tensor:
 
 def _patterns_autograd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        key_valid: torch.Tensor | None, plan: list[tuple[int, int, int]],
-                       causal: bool, scale: float
+                       causal: bool, scale: float, T: int | None = None
                        ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per pattern, the output (B, H, L_max, D_v) and log-sum-exp (B, H, L_max); q, k, v
-    already padded to L_max. Positions a pattern skips get 0 and -inf."""
+    """Per pattern, the output (B, H, T, D_v) and log-sum-exp (B, H, T) of the first T
+    positions (default all L_max); q, k, v already padded to L_max. Positions a pattern
+    skips get 0 and -inf."""
     B, H, L_max, D = q.shape
+    T = L_max if T is None else T
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k, v = (x.reshape(B, H * L_max, x.shape[-1]) for x in (q, k, v))
     outs, lses = [], []
@@ -321,8 +335,9 @@ def _patterns_autograd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         out_p = q.new_zeros(B, H * L_max, v.shape[-1]).index_add(1, flat, out.view(B, -1, v.shape[-1]))
         lse_p = torch.full((B, H * L_max), -math.inf, dtype=lse_dtype, device=q.device)
         lse_p = lse_p.index_copy(1, flat, lse.view(B, -1).to(lse_dtype))
-        outs.append(out_p.view(B, H, L_max, -1))
-        lses.append(lse_p.view(B, H, L_max))
+        # The padding slot is left out: it sums every padding query's output.
+        outs.append(out_p.view(B, H, L_max, -1)[:, :, :T])
+        lses.append(lse_p.view(B, H, L_max)[:, :, :T])
     return outs, lses
 
 
@@ -337,8 +352,10 @@ def _prepare(q, k, v, segment_lengths, dilation_rates, key_padding_mask, scale, 
             f"dilated attention is self-attention: q length T ({T}) must equal k/v length S ({S})"
         )
     ws, rs = check_patterns(segment_lengths, dilation_rates)
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
+    causal = check_bool("causal", causal)
+    # 1 / sqrt(0) for an empty head dim: any scale will do, there is nothing to scale.
+    scale = (1.0 / math.sqrt(D) if D else 1.0) if scale is None else check_float(
+        "scale", scale, gt=0)
     if H_kv != H:
         # Head j reads its own positions (offset j mod r), so every query head needs
         # its own gathered copy of K/V anyway.
@@ -395,20 +412,17 @@ def dilated_attention(
     Returns:
         (B, H, T, D_v) in q's dtype (mixing done in fp32 for half precision).
     """
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
     T = q.shape[2] if isinstance(q, torch.Tensor) and q.dim() == 4 else 0
     q, k, v, key_valid, plan, L_max, scale = _prepare(
         q, k, v, segment_lengths, dilation_rates, key_padding_mask, scale, causal)
-    if T == 0:
-        return q.new_zeros(*q.shape[:2], 0, v.shape[-1])
+    if 0 in (*q.shape[:3], v.shape[-1]):  # B, H, T or D_v is 0: empty in, empty out
+        return q.new_zeros(*q.shape[:3], v.shape[-1])
     if q.device.type == "cpu" and _HAS_CPU_FLASH and v.shape[-1] == q.shape[-1]:
         out, _ = _DilatedFlashCPU.apply(q, k, v, key_valid, plan, L_max, causal, scale)
-    else:
-        out, _ = _mix(*_patterns_autograd(_pad(q, L_max), _pad(k, L_max), _pad(v, L_max),
-                                          key_valid, plan, causal, scale))
-        out = out.to(q.dtype)
-    return out[:, :, :T]
+        return out[:, :, :T]
+    out, _ = _mix(*_patterns_autograd(_pad(q, L_max), _pad(k, L_max), _pad(v, L_max),
+                                      key_valid, plan, causal, scale, T=T))
+    return out.to(q.dtype)
 
 
 def pattern_attention(
@@ -435,8 +449,8 @@ def pattern_attention(
     q, k, v, key_valid, plan, L_max, scale = _prepare(
         q, k, v, [segment_length], [dilation_rate], key_padding_mask, scale, causal)
     outs, lses = _patterns_autograd(_pad(q, L_max), _pad(k, L_max), _pad(v, L_max),
-                                    key_valid, plan, causal, scale)
-    return outs[0][:, :, :T], lses[0][:, :, :T]
+                                    key_valid, plan, causal, scale, T=T)
+    return outs[0], lses[0]
 
 
 def dilated_pattern_mask(
@@ -453,8 +467,9 @@ def dilated_pattern_mask(
     counted twice in the softmax, as in the paper).
     """
     ws, rs = check_patterns(segment_lengths, dilation_rates)
-    if seq_len < 0 or head < 0:
-        raise ValueError(f"seq_len ({seq_len}) and head ({head}) must be >= 0")
+    check_int("seq_len", seq_len, min=0)
+    check_int("head", head, min=0)
+    causal = check_bool("causal", causal)
     pos = torch.arange(seq_len)
     masks = []
     for w, r in zip(ws, rs, strict=True):
@@ -484,15 +499,27 @@ def dilated_attention_flops(
     Per head and pattern: sum over its sparse segments of m_q * m_k pairs, each costing
     2 * D for the score and 2 * D for the value sum (LongNet: ``2 N w D / r^2`` per product
     when causal is False and T divides by w).
+
+    Counted in closed form, O(patterns) whatever the sizes: each of the T // w whole
+    segments keeps m = w / r positions for every head; the last, partial segment of
+    length rem = T mod w keeps q0 + 1 positions for a head whose offset h mod r is below
+    s0 and q0 for the others, (q0, s0) = divmod(rem, r).
     """
     ws, rs = check_patterns(segment_lengths, dilation_rates)
+    check_int("seq_len", seq_len, min=0)
+    check_positive(n_heads=n_heads, head_dim=head_dim, batch=batch)
+    causal = check_bool("causal", causal)
+
+    def pairs_of(m: int) -> int:  # (query, key) pairs of a sparse segment of m positions
+        return m * (m + 1) // 2 if causal else m * m
+
     pairs = 0
-    for h in range(n_heads):
-        for w, r in zip(ws, rs, strict=True):
-            o = h % r
-            for start in range(0, seq_len, w):
-                m = len(range(start + o, min(start + w, seq_len), r))
-                pairs += m * (m + 1) // 2 if causal else m * m
+    for w, r in zip(ws, rs, strict=True):
+        whole, rem = divmod(seq_len, w)
+        q0, s0 = divmod(rem, r)
+        longer = (n_heads // r) * s0 + min(n_heads % r, s0)  # heads with offset < s0
+        pairs += n_heads * whole * pairs_of(w // r)
+        pairs += longer * pairs_of(q0 + 1) + (n_heads - longer) * pairs_of(q0)
     return 4 * head_dim * pairs * batch
 
 
@@ -590,8 +617,9 @@ class DilatedAttention(nn.Module):
                 "segments and offsets are defined over the whole sequence; call the model "
                 "on the full sequence with cache=None"
             )
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be (B, T, C={self.d_model}), got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be (B, T, C={self.d_model}), got {got}")
         B, T, _ = x.shape
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = self.wqkv(x).split((H * D, H_kv * D, H_kv * D), dim=-1)

@@ -13,7 +13,9 @@ What this adds over calling ``torch.nn.functional.scaled_dot_product_attention``
   ``enable_gqa`` falls back to the math kernel on several backends, pytorch#154363);
 * ``causal`` aligned to the *end* when T < S (decoding with a cache: query i sits at
   absolute position S - T + i), where torch aligns it top-left (pytorch#108108);
-* a fully masked query row returns zeros, never NaN;
+* a fully masked query row returns zeros, never NaN; NaN or inf in q or k gives NaN
+  in the rows it reaches, never the zeros torch's fused CPU kernel returns for some
+  of them (:func:`_nan_not_zero`);
 * arguments are checked at the boundary with errors that name them.
 
 The fast path dispatches to torch's SDPA; :func:`attention_weights` and the loop
@@ -26,6 +28,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from blocklab._checks import check_bool, check_broadcastable, check_float, check_tensor
 
 # enable_gqa arrived in torch 2.5; before it, grouped causal attention takes the
 # folded path with an explicit mask.
@@ -45,14 +49,7 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
     Returns (B, H, H_kv, T, S, D).
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(
-                f"{name} must have 4 dimensions (B, H, T, D), got shape {tuple(t.shape)}"
-            )
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+        check_tensor(name, t, dim=4, layout="(B, H, T, D)", floating=True)
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     B, H, T, D = q.shape
@@ -65,7 +62,9 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, i
         raise ValueError(
             f"k (B, H_kv, S, D) = {tuple(k.shape)} and v = {tuple(v.shape)} disagree on H_kv or S"
         )
-    if H_kv == 0 or H % H_kv != 0:
+    if H_kv == 0:
+        raise ValueError(f"k and v must have at least one head, got H_kv = 0 (k {tuple(k.shape)})")
+    if H % H_kv != 0:
         raise ValueError(f"query heads H ({H}) must be divisible by key/value heads H_kv ({H_kv})")
     return B, H, H_kv, T, S, D
 
@@ -91,16 +90,9 @@ def _as_bool_or_additive(
 ) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dim() > 4 or mask.dim() < 2:
-        raise ValueError(
-            f"mask must broadcast to (B, H, T, S) = {(B, H, T, S)}, got shape {tuple(mask.shape)}"
-        )
-    try:
-        torch.broadcast_shapes(mask.shape, (B, H, T, S))
-    except RuntimeError:
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to (B, H, T, S) = {(B, H, T, S)}"
-        ) from None
+    # Strictly *to* (B, H, T, S): a (T0, S) prefill mask handed to a T = 1 decode step
+    # would broadcast both ways under torch's rule and fail inside the kernel.
+    check_broadcastable("mask", mask.shape, (B, H, T, S), "(B, H, T, S)")
     if mask.dtype == torch.bool:
         return mask
     if not mask.is_floating_point():
@@ -158,20 +150,28 @@ def scaled_dot_product_attention(
         scale: score scale, default 1 / sqrt(D).
 
     Returns:
-        (B, H, T, D_v). Rows with no visible key are zeros.
+        (B, H, T, D_v). Rows with no visible key are zeros; rows whose scores are not
+        finite (NaN or inf in q or k) are NaN.
     """
     B, H, H_kv, T, S, D = check_qkv(q, k, v)
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
+    causal = check_bool("causal", causal)
+    # 1 / sqrt(0) for an empty head dim: any scale will do, there is nothing to scale.
+    scale = (1.0 / math.sqrt(D) if D else 1.0) if scale is None else check_float(
+        "scale", scale, gt=0)
     G = H // H_kv
+    if mask is not None:
+        mask = _as_bool_or_additive(mask, B, H, T, S, q.dtype)
+    if S == 0:  # no key at all: every row is a fully masked row
+        return q.new_zeros(B, H, T, v.shape[-1])
     if mask is None and (not causal or T == 1 <= S):
         # Nothing to hide (one decoding query sees every cached key): no mask at all.
-        return _sdpa_grouped(q, k, v, None, scale)
+        return _nan_not_zero(_sdpa_grouped(q, k, v, None, scale), q, k, None)
     if mask is None and T == S and (G == 1 or _HAS_ENABLE_GQA):
         # torch's own causal flag: its kernels skip the masked half, and with enable_gqa
         # read each K/V head for its whole group without copying it.
         extra = {"enable_gqa": True} if G > 1 else {}
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **extra)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, **extra)
+        return _nan_not_zero(out, q, k, None)
     attn_mask = _merge_masks(mask, causal, B, H, T, S, q.dtype, q.device)
 
     dead = None
@@ -187,7 +187,38 @@ def scaled_dot_product_attention(
     out = _sdpa_grouped(q, k, v, attn_mask, scale)
     if dead is not None:
         out = out.masked_fill(dead, 0.0)
-    return out
+    return _nan_not_zero(out, q, k, dead)
+
+
+def _nan_not_zero(
+    out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, dead: torch.Tensor | None
+) -> torch.Tensor:
+    """NaN, not zeros, in the rows of ``out`` that non-finite q or k values reach.
+
+    torch's fused CPU kernel (flash attention) returns an all-zero row instead of NaN
+    for some NaN or inf in q or k (which ones depends on dtype, length and causality).
+    A valid row sums to exactly 0 only when it sees no key (``dead``) or by rare
+    accident, so what every call pays is one summing pass over the output; q and k are
+    read only when some row sums to 0. Not on other devices (reading the flag would
+    wait for the device on every call) nor while torch.compile traces.
+    """
+    if out.device.type != "cpu" or not out.numel() or torch.compiler.is_compiling():
+        return out
+    # Row sums, not any(): torch's any() over floats is ~15x slower than its sum, and
+    # each extra op costs as much as the reduction at decoding sizes.
+    row_sums = out.sum(-1)  # (B, H, T); NaN (not 0) for a NaN row
+    if dead is not None:
+        row_sums = row_sums.masked_fill(dead[..., 0], 1.0)
+    if bool(row_sums.all()):
+        return out
+    seen = out.ne(0).any(-1, keepdim=True)  # (B, H, T, 1)
+    if dead is not None:
+        seen = seen | dead
+    H, H_kv = q.shape[1], k.shape[1]
+    bad = ~torch.isfinite(q).all(-1, keepdim=True)  # (B, H, T, 1)
+    bad_k = ~torch.isfinite(k).flatten(2).all(-1)  # (B, H_kv): some key not finite
+    bad = bad | bad_k.repeat_interleave(H // H_kv, dim=1)[:, :, None, None]
+    return out.masked_fill(bad & ~seen, float("nan"))
 
 
 def _sdpa_grouped(
@@ -228,8 +259,9 @@ def attention_weights(
     masked rows are all zeros.
     """
     B, H, H_kv, T, S, D = check_qkv(q, k, k)
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
+    causal = check_bool("causal", causal)
+    scale = (1.0 / math.sqrt(D) if D else 1.0) if scale is None else check_float(
+        "scale", scale, gt=0)
     G = H // H_kv
     scores = torch.einsum(
         "bkgtd,bksd->bkgts", q.reshape(B, H_kv, G, T, D), k
@@ -237,5 +269,8 @@ def attention_weights(
     m = _merge_masks(mask, causal, B, H, T, S, scores.dtype, q.device)
     if m is not None:
         scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+    # A row that sees no key is all -inf: zeros, not softmax's NaN. (A NaN score from
+    # a non-finite q or k stays NaN.)
+    dead = torch.isneginf(scores).all(-1, keepdim=True)
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    return torch.nan_to_num(probs, nan=0.0)
+    return probs.masked_fill(dead, 0.0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from blocklab._checks import check_bool, check_int
 from blocklab.attention.functional import causal_mask, scaled_dot_product_attention
 from blocklab.attention.kv_cache import KVCache
 
@@ -31,10 +32,7 @@ def head_layout(
     it; D defaults to C / H, which must then be whole."""
     n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
     for name, value in (("d_model", d_model), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if value <= 0:
-            raise ValueError(f"{name} ({value}) must be positive")
+        check_int(name, value, min=1)
     if n_heads % n_kv_heads:
         raise ValueError(f"n_heads ({n_heads}) must be divisible by n_kv_heads ({n_kv_heads})")
     if head_dim is None:
@@ -44,8 +42,7 @@ def head_layout(
                 "when head_dim is not given"
             )
         head_dim = d_model // n_heads
-    if head_dim <= 0:
-        raise ValueError(f"head_dim ({head_dim}) must be positive")
+    check_int("head_dim", head_dim, min=1)
     return n_kv_heads, head_dim
 
 
@@ -78,8 +75,11 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         n_kv_heads, head_dim = head_layout(d_model, n_heads, n_kv_heads, head_dim)
-        if window is not None and window <= 0:
-            raise ValueError(f"window ({window}) must be positive or None")
+        if window is not None:
+            check_int("window", window, min=1)
+        check_bool("bias", bias)
+        if out_bias is not None:
+            check_bool("out_bias", out_bias)
         self.d_model = d_model
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads
@@ -110,10 +110,14 @@ class Attention(nn.Module):
         Returns:
             (B, T, C).
         """
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be (B, T, C={self.d_model}), got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be (B, T, C={self.d_model}), got {_shape(x)}")
+        causal = check_bool("causal", causal)
         B, T, _ = x.shape
         H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if cache is not None:
+            cache.check_fits(batch=B, n_kv_heads=H_kv, head_dim=D, new=T, layer=self.layer_idx,
+                             what="x and this layer")
         qkv = self.wqkv(x).view(B, T, H + 2 * H_kv, D)  # query, key, value heads
         qk = qkv[:, :, : H + H_kv].transpose(1, 2)  # (B, H + H_kv, T, D)
         v = qkv[:, :, H + H_kv :].transpose(1, 2)  # (B, H_kv, T, D)
@@ -139,3 +143,7 @@ class Attention(nn.Module):
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
             f"head_dim={self.head_dim}"
         )
+
+
+def _shape(x: object) -> object:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from blocklab._checks import check_positive
+
 if TYPE_CHECKING:
     from blocklab.models.config import TransformerConfig
 
@@ -36,15 +38,6 @@ DTYPES: dict[str, torch.dtype] = {
     "fp8": torch.float8_e4m3fn, "float8": torch.float8_e4m3fn,
     "int8": torch.int8,
 }
-
-
-def check_positive(**sizes: object) -> None:
-    """Raise unless every keyword is a positive int; the error names the first bad one."""
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-        if value <= 0:
-            raise ValueError(f"{name} ({value}) must be a positive int")
 
 
 def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:

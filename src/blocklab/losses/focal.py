@@ -38,8 +38,10 @@ functions with the gradient written out: the softmax form in blocks of rows, thr
 passes over the logits forward and two backward, faster than ``F.cross_entropy``
 plus the textbook factor (``benchmarks/bench_losses.py``).
 
-Half-precision inputs are computed in fp32 and the loss is returned in the input
-dtype, as ``F.cross_entropy`` does. Checked against fp64 loop oracles in
+Half-precision inputs are computed in fp32. Per-element losses (``reduction="none"``)
+come back in the input dtype, as ``F.cross_entropy``'s; a reduced loss stays in fp32
+(as ``kd_loss`` and ``linear_cross_entropy`` return theirs): four fp16 losses of 6e4
+sum past fp16's largest value, 65504, and rounding the sum back would give inf. Checked against fp64 loop oracles in
 ``tests/reference/losses.py`` and against torchvision's formula.
 """
 
@@ -53,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from blocklab._alloc import row_spans, scratch
+from blocklab._checks import check_float, check_ids, check_int
 
 __all__ = [
     "focal_loss",
@@ -70,11 +73,7 @@ SigmoidReduction = Literal["none", "mean", "sum", "positives"]
 # ------------------------------------------------------------------------------ checks
 
 def _check_gamma(gamma: float) -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"gamma must be a float, got {type(gamma).__name__} ({gamma!r})")
-    if not (math.isfinite(gamma) and gamma >= 0):
-        raise ValueError(f"gamma ({gamma}) must be a finite number >= 0")
-    return float(gamma)
+    return check_float("gamma", gamma, ge=0)
 
 
 def _check_reduction(reduction: str, allowed: tuple[str, ...]) -> None:
@@ -114,16 +113,8 @@ def _check_class_targets(logits: Tensor, target: Tensor, ignore_index: int) -> N
     n_classes = logits.shape[0] if logits.dim() == 1 else logits.shape[1]
     if n_classes < 1:
         raise ValueError(f"logits must have at least one class, got C = {n_classes}")
-    # Value checks read the data: skipped while torch.compile traces (it cannot branch
-    # on values); eager calls check every time.
-    if target.numel() and not torch.compiler.is_compiling():
-        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-        if bool(bad.any()):
-            value = int(target[bad][0])
-            raise ValueError(
-                f"target holds class {value}, outside [0, C = {n_classes}) "
-                f"and not ignore_index ({ignore_index})"
-            )
+    # Reads the data: skipped while torch.compile traces; eager calls check every time.
+    check_ids("target", target, n_classes, bound="C", what="class", ignore_index=ignore_index)
 
 
 def _class_alpha(alpha: float | Tensor | None, n_classes: int, ref: Tensor) -> Tensor | None:
@@ -301,16 +292,16 @@ def focal_loss(
 
     Returns:
         A scalar, or a tensor shaped like ``target`` for ``reduction="none"``, in
-        ``logits``' dtype. With ``gamma=0`` and ``alpha=None`` it equals
-        ``F.cross_entropy`` (up to summation order).
+        ``logits``' dtype -- except a reduced loss of fp16/bf16 logits, which is fp32
+        (summed in fp32 and kept there: the sum can exceed fp16's range). With
+        ``gamma=0`` and ``alpha=None`` it equals ``F.cross_entropy`` (up to summation
+        order).
     """
     _check_logits(logits)
     gamma = _check_gamma(gamma)
     _check_reduction(reduction, ("none", "mean", "sum"))
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing ({label_smoothing}) must be in [0, 1]")
+    check_int("ignore_index", ignore_index)
+    check_float("label_smoothing", label_smoothing, ge=0, le=1)
     _check_class_targets(logits, target, ignore_index)
     if logits.dim() == 1:  # one unbatched example: (C,) with a () target
         logits, target = logits[None], target[None]
@@ -352,12 +343,10 @@ def focal_loss(
     loss = loss.masked_fill(~valid, 0.0)
 
     if reduction == "none":
-        out = loss[0] if unbatched else loss
-    elif reduction == "sum":
-        out = loss.sum()
-    else:
-        out = loss.sum() / valid.sum().clamp_min(1)
-    return out.to(logits.dtype)
+        return (loss[0] if unbatched else loss).to(logits.dtype)
+    if reduction == "sum":
+        return loss.sum()  # in the compute dtype: fp32 for half-precision logits
+    return loss.sum() / valid.sum().clamp_min(1)
 
 
 # ---------------------------------------------------------------------------- sigmoid
@@ -430,8 +419,9 @@ def sigmoid_focal_loss(
             not shrink as the number of easy negatives grows.
 
     Returns:
-        A tensor shaped like ``logits`` for ``"none"``, else a scalar; in
-        ``logits``' dtype.
+        A tensor shaped like ``logits`` for ``"none"``, in ``logits``' dtype, else a
+        scalar, in ``logits``' dtype or fp32 for fp16/bf16 logits (summed in fp32 and
+        kept there: the sum can exceed fp16's range).
     """
     _check_logits(logits)
     if not isinstance(targets, Tensor):
@@ -471,11 +461,11 @@ def sigmoid_focal_loss(
             loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
 
     if reduction == "mean":
-        loss = loss.mean()
-    elif reduction == "sum":
-        loss = loss.sum()
-    elif reduction == "positives":
-        loss = loss.sum() / t.sum().clamp_min(1.0)
+        return loss.mean()  # reductions stay in the compute dtype (fp32 for half)
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "positives":
+        return loss.sum() / t.sum().clamp_min(1.0)
     return loss.to(logits.dtype)
 
 

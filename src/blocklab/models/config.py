@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from blocklab._checks import check_bool, check_float, check_int
 from blocklab.ffn import ACTIVATIONS, ffn_hidden_dim
 from blocklab.position.scaling import RopeScaling
 
@@ -55,15 +56,18 @@ class TransformerConfig:
         if isinstance(self.rope_scaling, dict):
             self.rope_scaling = RopeScaling(**self.rope_scaling)
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "multiple_of"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{key} must be an int, got {type(value).__name__} ({value!r})")
-            if value <= 0:
-                raise ValueError(f"{key} ({value}) must be positive")
+            check_int(key, getattr(self, key), min=1)
         for key in ("n_kv_heads", "head_dim", "ffn_hidden_dim", "rope_dim", "sliding_window"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{key} ({value!r}) must be a positive int or None")
+            if getattr(self, key) is not None:
+                check_int(key, getattr(self, key), min=1)
+        for key in ("rope_interleaved", "tie_embeddings", "qkv_bias", "out_bias", "ffn_bias"):
+            check_bool(key, getattr(self, key))
+        for key in ("ffn_expansion", "norm_eps", "init_std"):
+            check_float(key, getattr(self, key), gt=0)
+        check_float("rope_base", self.rope_base, gt=1)
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise TypeError("rope_scaling must be a RopeScaling, a dict of its fields or None, "
+                            f"got {type(self.rope_scaling).__name__}")
         if self.n_heads % self.kv_heads:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})"

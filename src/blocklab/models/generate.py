@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from blocklab._checks import check_float, check_ids, check_int, check_tensor
+
 __all__ = ["generate", "sample_next"]
 
 
@@ -60,36 +62,50 @@ def generate(
         max_new_tokens: tokens to add (>= 0).
         temperature: 0 for greedy decoding.
         top_k, top_p: sampling filters (ignored when greedy).
-        eos_token_id: a row stops at this token; finished rows are padded with it and
-            decoding stops when every row has finished.
+        eos_token_id: a row stops at this token (in [0, vocab_size)); finished rows are
+            padded with it and decoding stops when every row has finished.
         attention_mask: (B, T) 1 for real prompt tokens, 0 for left padding.
         generator: random generator for sampling.
 
     Returns:
-        (B, T + n) with n <= max_new_tokens.
+        (B, T + n) with n <= max_new_tokens. An empty batch (B = 0) comes back as it
+        is; a prompt must hold at least one token (T >= 1), there is nothing to
+        continue otherwise.
     """
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens ({max_new_tokens!r}) must be an int >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature ({temperature}) must be >= 0")
-    if top_k is not None and top_k <= 0:
-        raise ValueError(f"top_k ({top_k}) must be positive")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p ({top_p}) must be in (0, 1]")
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-    if max_new_tokens == 0:
-        return input_ids
-    was_training = model.training
-    model.eval()
+    max_new_tokens = check_int("max_new_tokens", max_new_tokens, min=0)
+    temperature = check_float("temperature", temperature, ge=0)
+    if top_k is not None:
+        check_int("top_k", top_k, min=1)
+    if top_p is not None:
+        check_float("top_p", top_p, gt=0, le=1)
+    check_tensor("input_ids", input_ids, dim=2, layout="(B, T)")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor (B, T), got {input_ids.dtype}")
     B, T = input_ids.shape
-    cache = model.make_cache(B, T + max_new_tokens)
-    padding_mask = position_ids = None
+    if T == 0:
+        raise ValueError(
+            f"input_ids must hold at least one prompt token per row, got shape {(B, T)}"
+        )
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None:
+        check_ids("input_ids", input_ids, vocab, bound="vocab_size", what="token")
+    if eos_token_id is not None:
+        check_int("eos_token_id", eos_token_id, min=0)
+        if vocab is not None and eos_token_id >= vocab:
+            raise ValueError(f"eos_token_id ({eos_token_id}) must lie in [0, vocab_size={vocab})")
     if attention_mask is not None:
+        check_tensor("attention_mask", attention_mask)
         if attention_mask.shape != (B, T):
             raise ValueError(
                 f"attention_mask must be (B, T) = {(B, T)}, got {tuple(attention_mask.shape)}"
             )
+    if max_new_tokens == 0 or B == 0:
+        return input_ids
+    was_training = model.training
+    model.eval()
+    cache = model.make_cache(B, T + max_new_tokens)
+    padding_mask = position_ids = None
+    if attention_mask is not None:
         padding_mask = torch.ones(B, T + max_new_tokens, dtype=torch.bool, device=input_ids.device)
         padding_mask[:, :T] = attention_mask.bool()
         # Positions count real tokens only, as Hugging Face does for left padding.

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from blocklab._checks import check_ids
 from blocklab.attention.kv_cache import KVCache
 from blocklab.attention.multihead import Attention
 from blocklab.ffn import FeedForward
@@ -157,14 +158,18 @@ class TransformerLM(nn.Module):
             padding_mask: (B, S) bool, True for real tokens, over all S = cache + T
                 positions (left-padded batches).
             cache: a KVCache from :meth:`make_cache`; it is filled and advanced.
-            targets: (B, T) next-token ids (``-100`` ignored). When given, the LM head
+            targets: (B, T) next-token ids in [0, V) (``-100`` ignored). When given, the LM head
                 and the cross entropy run fused in row chunks and the (B*T, V) logits
                 are never formed (``losses.linear_cross_entropy``). It is an argument
                 of ``forward`` so DDP/FSDP wrappers see the whole computation.
 
         Returns:
-            logits (B, T, V); with ``targets``, the scalar mean cross entropy instead.
+            logits (B, T, V); with ``targets``, the scalar mean cross entropy instead
+            (NaN when no target counts, as ``F.cross_entropy``). Empty in, empty out:
+            B = 0 or T = 0 gives (B, T, V) logits.
         """
+        if targets is not None:
+            self._check_targets(input_ids, targets)
         h = self.hidden_states(
             input_ids, position_ids=position_ids, padding_mask=padding_mask, cache=cache
         )
@@ -173,6 +178,20 @@ class TransformerLM(nn.Module):
         from blocklab.losses.linear_ce import linear_cross_entropy
 
         return linear_cross_entropy(h, self.lm_head.weight, targets)
+
+    def _check_targets(self, input_ids: torch.Tensor, targets: torch.Tensor) -> None:
+        if not isinstance(targets, torch.Tensor) or targets.is_floating_point() \
+                or targets.is_complex() or targets.dtype == torch.bool:
+            got = targets.dtype if isinstance(targets, torch.Tensor) else type(targets).__name__
+            raise TypeError(f"targets must be an integer tensor (B, T), got {got}")
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else None
+        # (T, B) targets would flatten to the right number of rows, each the wrong one.
+        if tuple(targets.shape) != shape:
+            raise ValueError(
+                f"targets must have input_ids' shape (B, T) = {shape}, got {tuple(targets.shape)}"
+            )
+        check_ids("targets", targets, self.config.vocab_size, bound="vocab_size",
+                  what="token", ignore_index=-100)
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross entropy, fused with the LM head: ``self(x, targets=y)``."""
@@ -195,13 +214,14 @@ class TransformerLM(nn.Module):
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
-        if cache is not None and cache.k.shape[1] != B:
-            raise ValueError(f"cache batch ({cache.k.shape[1]}) != input batch ({B})")
-        if int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0:
-            raise ValueError(
-                f"input_ids must lie in [0, vocab_size={self.config.vocab_size}), "
-                f"got [{int(input_ids.min())}, {int(input_ids.max())}]"
-            )
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
+            cfg = self.config
+            cache.check_fits(batch=B, n_kv_heads=cfg.kv_heads, head_dim=cfg.dim_head, new=T,
+                             n_layers=cfg.n_layers, what="input_ids and the model")
+        check_ids("input_ids", input_ids, self.config.vocab_size, bound="vocab_size",
+                  what="token")
         mask = None
         if padding_mask is not None:
             if padding_mask.shape != (B, start + T):

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from blocklab._alloc import empty_like_layout, scratch
+from blocklab._checks import check_bool, check_float, check_int, check_tensor
 from blocklab.position.scaling import RopeScaling
 
 __all__ = [
@@ -59,8 +60,7 @@ def inverse_frequencies(dim: int, base: float = 10000.0) -> torch.Tensor:
     """theta_i = base^(-2i/dim) for i < dim/2, in float64, shape (dim/2,)."""
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
         raise ValueError(f"rotary dim ({dim}) must be a positive even number")
-    if not base > 1.0:
-        raise ValueError(f"rotary base ({base}) must be > 1")
+    base = check_float("rotary base", base, gt=1)
     return base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
 
 
@@ -344,6 +344,10 @@ def apply_rotary(
     """
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a (B, H, T, D) tensor, got {getattr(x, 'shape', x)!r}")
+    check_tensor("x", x, floating=True)
+    check_tensor("cos", cos, floating=True)
+    check_tensor("sin", sin, floating=True)
+    interleaved, inplace = check_bool("interleaved", interleaved), check_bool("inplace", inplace)
     if cos.shape != sin.shape or cos.dim() not in (2, 4):
         raise ValueError(
             f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must both be (T, dim/2) "
@@ -475,10 +479,9 @@ class RotaryEmbedding(nn.Module):
         max_seq_len: int = 2048,
     ) -> None:
         super().__init__()
-        if not isinstance(dim, int) or isinstance(dim, bool):
-            raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-        if not isinstance(max_seq_len, int) or max_seq_len <= 0:
-            raise ValueError(f"max_seq_len ({max_seq_len!r}) must be a positive int")
+        check_int("dim", dim)
+        max_seq_len = check_int("max_seq_len", max_seq_len, min=1)
+        interleaved = check_bool("interleaved", interleaved)
         if scaling is not None and not isinstance(scaling, RopeScaling):
             raise TypeError(f"scaling must be a RopeScaling or None, got {type(scaling).__name__}")
         self.inv_freq64 = inverse_frequencies(dim, base)
@@ -625,7 +628,10 @@ class RotaryEmbedding(nn.Module):
             self._check_input(name, t)
         if q.shape[0] != k.shape[0] or q.shape[-2:] != k.shape[-2:]:
             raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in B, T or D")
-        if inplace and not torch.compiler.is_compiling() and q.data_ptr() == k.data_ptr():
+        inplace = check_bool("inplace", inplace)
+        # (Empty tensors all share data pointer 0, and there is nothing to overwrite.)
+        if inplace and not torch.compiler.is_compiling() and q.numel() and k.numel() \
+                and q.data_ptr() == k.data_ptr():
             raise ValueError("inplace=True needs q and k in separate storage (got the same tensor)")
         tables = self._tables_for(q, position_ids, offset)
         return (self._rotate_one(q, tables, inplace), self._rotate_one(k, tables, inplace))
@@ -644,14 +650,18 @@ class RotaryEmbedding(nn.Module):
         Arguments as :meth:`forward`; returns R x, x's shape and dtype.
         """
         self._check_input("x", x)
+        inplace = check_bool("inplace", inplace)
         return self._rotate_one(x, self._tables_for(x, position_ids, offset), inplace)
 
     def _check_input(self, name: str, t: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a (B, H, T, D) tensor, got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else t!r}")
+        # An integer tensor would be rotated in float32 and truncated back: garbage.
+        check_tensor(name, t, floating=True)
         if self.dim > t.shape[-1]:
-            raise ValueError(f"rotary dim ({self.dim}) is larger than the head dim ({t.shape[-1]})")
+            raise ValueError(
+                f"rotary dim ({self.dim}) is larger than the head dim ({t.shape[-1]}) of {name}")
 
     def _tables_for(
         self, x: torch.Tensor, position_ids: torch.Tensor | None, offset: int

@@ -49,6 +49,11 @@ def l1_penalty(
     """
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or strength < 0:
         raise ValueError(f"strength ({strength!r}) must be a number >= 0")
+    if modules is not None:
+        modules = list(modules)
+        if not modules:
+            raise ValueError("modules is empty: name at least one Linear/Conv layer, or pass "
+                             "None to penalise all of them")
     layers = prunable_layers(model, modules)
     if not layers:
         raise ValueError(f"model ({type(model).__name__}) has no Linear/Conv layers to penalise")
