@@ -31,6 +31,11 @@ def _losses(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().split("\n")[:-1])]
 
 
+def _val_losses(run: Path) -> list[tuple[int, float]]:
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "blocklab", "train", "tiny", *args, *FAST]
 
@@ -40,6 +45,8 @@ def _cli(*args: str) -> list[str]:
     [
         (["lerning_rate=1"], "unknown config key 'lerning_rate'"),
         (["lr=fast"], "lr must be float"),
+        (["lr=.inf"], r"lr \(inf\) must be finite and positive"),
+        (["model.norm_eps=-1.0"], r"norm_eps \(-1.0\) must be positive"),
         (["model.n_layers=two"], "model.n_layers must be int"),
         (["model.widht=3"], "unknown model key 'widht'"),
         (["batch_size=6", "grad_accum=4"], r"batch_size \(6\) must be divisible by grad_accum \(4\)"),
@@ -146,6 +153,10 @@ def test_two_processes_match_one(tmp_path, fsdp):
     assert [s for s, _ in one] == [s for s, _ in two]
     for (_, a), (_, b) in zip(one, two, strict=True):
         assert abs(a - b) < 1e-4 * max(1.0, abs(a))  # reduction order only
+    # Validation scores the same windows, split over the processes and summed across them.
+    val = [_val_losses(tmp_path / name) for name in ("one", "two")]
+    assert [s for s, _ in val[0]] == [s for s, _ in val[1]] == [6]
+    assert abs(val[0][0][1] - val[1][0][1]) < 1e-4 * abs(val[0][0][1])
 
 
 def test_grad_accumulation_and_bf16(tmp_path):

@@ -2,6 +2,11 @@
 
 Also runs under ``torchrun --nproc_per_node=N -m blocklab train ...``: every process
 runs this command, rank 0 writes.
+
+Exit codes: 0 success; 1 the run diverged (a non-finite loss or gradient norm, the
+step named); 2 a usage error -- a bad config, a run directory in use, holding
+another run or not writable, a resume with a changed config or no intact
+checkpoint -- always one line naming the key, path or step.
 """
 
 from __future__ import annotations
@@ -24,14 +29,28 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory: config.yaml, metrics.jsonl, ckpt-*/")
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimiser steps in all")
     parser.add_argument("--save-every", type=int, metavar="K", help="checkpoint every K steps")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest complete checkpoint in DIR")
+    fresh = parser.add_mutually_exclusive_group()
+    fresh.add_argument("--resume", action="store_true",
+                       help="continue from the newest intact checkpoint in DIR (damaged ones "
+                            "are skipped, each named)")
+    fresh.add_argument("--overwrite", action="store_true",
+                       help="remove the run already in DIR and start afresh (without "
+                            "--resume or --overwrite DIR must be empty)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue with a config that differs from the "
+                             "run's (not in the model's shape); recorded in metrics.jsonl")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="where to train")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _error(message: str) -> int:
+    print(f"blocklab train: error: {message}", file=sys.stderr)
+    return 2
+
+
 def _run(args: argparse.Namespace) -> int:
-    from blocklab.train.config import ConfigError, load_train_config
+    from blocklab.train.config import load_train_config
+    from blocklab.train.rundir import os_error_line
     from blocklab.train.trainer import train
 
     overrides = list(args.overrides)
@@ -43,14 +62,16 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = load_train_config(args.config, overrides)
         config.check_data()
-        result = train(config, args.out, resume=args.resume,
+        result = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
+                       allow_config_change=args.allow_config_change,
                        progress=False if args.quiet else None)
-    except ConfigError as err:
+    except FloatingPointError as err:
         print(f"blocklab train: error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:
-        print(f"blocklab train: error: {err}", file=sys.stderr)
-        return 2
+        return 1
+    except ValueError as err:  # ConfigError, RunDirError, CheckpointError among them
+        return _error(str(err))
+    except OSError as err:
+        return _error(os_error_line(err, args.out))
     if result.final_loss is not None and os.environ.get("RANK", "0") == "0":
         print(f"step {result.steps}: loss {result.final_loss:.4f}"
               + (f", val_loss {result.final_val_loss:.4f}" if result.final_val_loss else ""))
@@ -63,9 +84,12 @@ COMMAND = Command(
     description=(
         "Train a TransformerLM from a preset or a YAML config on the embedded corpus or "
         "your text/JSONL file. Writes DIR/config.yaml, DIR/metrics.jsonl and atomic "
-        "safetensors checkpoints DIR/ckpt-*/; --resume continues from the newest "
-        "complete one with nothing lost. Under torchrun --nproc_per_node=N each process "
-        "takes its share of the same global batch."
+        "safetensors checkpoints DIR/ckpt-*/ with their sizes and checksums; --resume "
+        "continues from the newest intact one (damaged ones are skipped and named) with "
+        "nothing lost, and refuses a changed config unless --allow-config-change. DIR "
+        "must be empty otherwise (or --overwrite), and one process trains in it at a "
+        "time. A non-finite loss stops the run (exit 1). Under torchrun "
+        "--nproc_per_node=N each process takes its share of the same global batch."
     ),
     add_arguments=_add_arguments,
     run=_run,

@@ -2,8 +2,11 @@
 
 A run is described by a preset name or a YAML file, plus ``key=value`` overrides
 (``model.n_layers=4``, ``lr=1e-3``). Every key is checked against the dataclass
-fields and every value against its type before any work starts, so a typo stops
-the run with one clear line instead of an hour later.
+fields, every value against its type (a float may be written in any spelling
+Python's ``float()`` accepts: ``1e-3`` is a string to YAML 1.1, a float here) and
+its range (``lr`` finite and > 0, ``weight_decay`` >= 0, ``model.norm_eps`` > 0
+as TransformerConfig checks, ...) before any work starts, so a typo or a value that could only train on
+garbage stops the run with one clear line instead of an hour later.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from blocklab._checks import check_float
 from blocklab.models.config import TransformerConfig
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "ConfigError", "load_train_config"]
@@ -69,13 +73,11 @@ class TrainConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{key} must be a positive int, got {value!r}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        for key in ("lr", "grad_clip"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be > 0, got {getattr(self, key)!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if (not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool)
+                or self.warmup_steps < 0):
+            raise ConfigError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        for key, bounds in _FLOAT_RANGES.items():
+            setattr(self, key, _check_range(key, getattr(self, key), **bounds))
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.batch_size % self.grad_accum:
@@ -112,8 +114,37 @@ class TrainConfig:
         Path(path).write_text(self.to_yaml_text())
 
 
+# The float keys and their ranges, as arguments of check_float. A value outside,
+# NaN included, is refused up front: each of these trains on garbage (a NaN or inf
+# lr) or silently does something else than asked (a negative weight decay). The
+# model's own floats (norm_eps, init_std, ...) are TransformerConfig's to check.
+_FLOAT_RANGES: dict[str, dict[str, Any]] = {
+    "lr": {"gt": 0},
+    "min_lr_ratio": {"ge": 0, "le": 1},
+    "weight_decay": {"ge": 0},
+    "beta1": {"ge": 0, "lt": 1},
+    "beta2": {"ge": 0, "lt": 1},
+    "grad_clip": {"gt": 0, "finite": False},  # inf: no clipping
+    "val_fraction": {"gt": 0, "lt": 1},
+}
+
+
+def _check_range(key: str, value: Any, *, lt: float | None = None, **bounds: Any) -> float:
+    try:
+        value = check_float(key, value, **bounds)
+        if lt is not None and not value < lt:
+            raise ValueError(f"{key} ({value}) must be < {lt:g}")
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    return value
+
+
 def _model_config(data: dict[str, Any]) -> TransformerConfig:
     data = dict(data)
+    hints = typing.get_type_hints(TransformerConfig)
+    for key, value in data.items():
+        if key in hints:
+            data[key] = _check_type(f"model.{key}", value, hints[key])
     preset = data.pop("preset", None)
     try:
         if preset is not None:
@@ -139,38 +170,48 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 def _coerce(key: str, raw: str, annotation: Any) -> Any:
     """Parse ``raw`` (text after ``key=``) as YAML and check it against ``annotation``."""
-    value = yaml.safe_load(raw)
-    _check_type(key, value, annotation)
-    return value
+    return _check_type(key, yaml.safe_load(raw), annotation)
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> None:
+def _as_float(value: str) -> float | None:
+    """``value`` read by Python's ``float()`` (``1e-3``, ``inf``, ``1_000.5``), or None."""
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` checked against ``annotation``; returned converted where a float
+    field got a string that Python reads as a float (YAML 1.1 reads ``1e-3`` as text)."""
     origin = typing.get_origin(annotation)
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
             raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
-        return
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
         if value is None and type(None) in args:
-            return
+            return value
         for arg in args:
             if arg is not type(None):
                 try:
-                    _check_type(key, value, arg)
-                    return
+                    return _check_type(key, value, arg)
                 except ConfigError:
                     continue
         raise ConfigError(f"{key} has the wrong type: {value!r} is not {annotation}")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return
+        return float(value)
+    if annotation is float and isinstance(value, str) and _as_float(value) is not None:
+        return _as_float(value)
     if annotation in (int, float, str, bool) and (
         not isinstance(value, annotation) or (annotation is int and isinstance(value, bool))
     ):
         raise ConfigError(
             f"{key} must be {annotation.__name__}, got {type(value).__name__} ({value!r})"
         )
+    return value
 
 
 def _apply_override(data: dict[str, Any], item: str) -> None:
@@ -213,9 +254,8 @@ def load_train_config(source: str | Path, overrides: list[str] | None = None) ->
     if unknown:
         raise ConfigError(f"unknown config keys {unknown}; known: {sorted(known)}")
     hints = typing.get_type_hints(TrainConfig)
-    for key, value in data.items():
-        if key != "model":
-            _check_type(key, value, hints[key])
+    data = {key: value if key == "model" else _check_type(key, value, hints[key])
+            for key, value in data.items()}
     for item in overrides or []:
         _apply_override(data, item)
     try:

@@ -6,8 +6,9 @@
 
 The corpus is the shipped one (``--corpus default``) or a user text/JSONL file,
 byte-tokenised (vocab 256), with the tail 10% held out. The teacher is either
-loaded from a checkpoint (``--teacher`` names a directory holding
-``model.safetensors`` and ``config.yaml``, as this command writes, or a
+loaded (``--teacher`` names a ``blocklab train`` run directory -- its newest intact
+checkpoint -- or one of its ``ckpt-*`` directories; a directory holding
+``model.safetensors`` and ``config.yaml``, as this command writes; or a
 ``.safetensors`` file with a ``config.yaml`` beside it) or, without one, built
 from ``--teacher-preset`` and trained first on the same corpus for
 ``--teacher-steps`` steps -- kept simple: one command gives a teacher and its
@@ -16,7 +17,10 @@ student. The student is trained with :func:`blocklab.train.distill.distill_lm`.
 Writes to DIR: ``model.safetensors`` + ``config.yaml`` (the student),
 ``teacher/`` (the same for a teacher trained here) and ``metrics.json``
 (validation loss and perplexity of teacher and student, parameter counts, times).
-Exit codes: 0 success, 2 a usage error.
+Every argument is checked against the teacher and the student (vocabulary,
+``--seq-len`` against both ``max_seq_len``) before any training starts.
+Exit codes: 0 success, 1 a non-finite loss (one line naming the step), 2 a usage
+error.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ CONFIG = "config.yaml"
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     teacher = parser.add_mutually_exclusive_group()
     teacher.add_argument("--teacher", metavar="CKPT",
-                         help="teacher checkpoint: a directory with model.safetensors and "
+                         help="teacher: a 'blocklab train' run directory or one of its ckpt-* "
+                              "directories, a directory with model.safetensors and "
                               "config.yaml, or a .safetensors file with config.yaml beside it")
     teacher.add_argument("--teacher-preset", default="small", metavar="NAME",
                          help="without --teacher: train a teacher of this TransformerConfig "
@@ -106,12 +111,17 @@ def save_model(model: Any, directory: Path) -> Path:
 
 
 def load_model(path: str | Path) -> Any:
-    """A TransformerLM from a directory (or a .safetensors file) written by :func:`save_model`."""
+    """A TransformerLM from a directory (or a .safetensors file) written by :func:`save_model`,
+    or from a ``blocklab train`` run directory or checkpoint."""
     from safetensors.torch import load_file
 
     from blocklab.models import TransformerConfig, TransformerLM
+    from blocklab.train.trainer import load_trained_model
 
     path = Path(path).expanduser()
+    if path.is_dir() and ((path / "state.json").is_file() or not (path / WEIGHTS).is_file()):
+        # a blocklab train checkpoint, or a run directory of them
+        return load_trained_model(path)[0]
     weights, config = (path / WEIGHTS, path / CONFIG) if path.is_dir() else \
         (path, path.with_name(CONFIG))
     for f in (weights, config):
@@ -161,39 +171,51 @@ def _run(args: argparse.Namespace) -> int:
     log = {"corpus": str(args.corpus), "train_tokens": train.numel(), "val_tokens": val.numel()}
 
     start = time.perf_counter()
-    if args.teacher:
-        try:
+    teacher = None
+    try:
+        if args.teacher:
             teacher = load_model(args.teacher)
-        except (ValueError, TypeError) as err:
-            return _error(str(err))
-        log["teacher_source"] = str(args.teacher)
-    else:
-        try:
-            config = TransformerConfig.from_name(args.teacher_preset)
-        except (ValueError, TypeError) as err:
-            return _error(str(err))
-        torch.manual_seed(args.seed)
-        teacher = TransformerLM(config)
-        print(f"training teacher ({config.name}, {teacher.num_parameters():,} parameters) "
-              f"for {args.teacher_steps} steps")
-        train_lm(teacher, train, steps=args.teacher_steps, batch_size=args.batch_size,
-                 seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device)
-        save_model(teacher, out / "teacher")
-        log["teacher_source"] = f"preset {config.name}, {args.teacher_steps} steps"
-    log["teacher_seconds"] = time.perf_counter() - start
-
-    if s_config.vocab_size != teacher.config.vocab_size:
+            t_config = teacher.config
+        else:
+            t_config = TransformerConfig.from_name(args.teacher_preset)
+    except (ValueError, TypeError) as err:
+        return _error(str(err))
+    # Checked before the teacher trains: a mismatch found after it wastes the run.
+    if s_config.vocab_size != t_config.vocab_size:
         return _error(f"student vocab_size ({s_config.vocab_size}) must equal the teacher's "
-                      f"({teacher.config.vocab_size})")
-    if args.seq_len > min(s_config.max_seq_len, teacher.config.max_seq_len):
-        return _error(f"--seq-len ({args.seq_len}) exceeds a model's max_seq_len")
-    torch.manual_seed(args.seed + 1)
-    student = TransformerLM(s_config)
-    print(f"distilling into student ({s_config.name}, {student.num_parameters():,} parameters) "
-          f"for {args.steps} steps, T={args.temperature:g}, alpha={args.alpha:g}")
-    history = distill_lm(student, teacher, train, steps=args.steps, batch_size=args.batch_size,
-                         seq_len=args.seq_len, lr=args.lr, alpha=args.alpha,
-                         temperature=args.temperature, seed=args.seed, device=args.device)
+                      f"({t_config.vocab_size})")
+    for who, cfg in (("teacher", t_config), ("student", s_config)):
+        if args.seq_len > cfg.max_seq_len:
+            return _error(f"--seq-len ({args.seq_len}) exceeds the {who}'s max_seq_len "
+                          f"({cfg.max_seq_len})")
+    if min(train.numel(), val.numel()) <= args.seq_len:
+        return _error(f"--corpus {args.corpus!r} is too short for --seq-len {args.seq_len}: "
+                      f"{train.numel()} train / {val.numel()} val tokens")
+    try:
+        if teacher is not None:
+            log["teacher_source"] = str(args.teacher)
+        else:
+            torch.manual_seed(args.seed)
+            teacher = TransformerLM(t_config)
+            print(f"training teacher ({t_config.name}, {teacher.num_parameters():,} "
+                  f"parameters) for {args.teacher_steps} steps")
+            train_lm(teacher, train, steps=args.teacher_steps, batch_size=args.batch_size,
+                     seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device)
+            save_model(teacher, out / "teacher")
+            log["teacher_source"] = f"preset {t_config.name}, {args.teacher_steps} steps"
+        log["teacher_seconds"] = time.perf_counter() - start
+
+        torch.manual_seed(args.seed + 1)
+        student = TransformerLM(s_config)
+        print(f"distilling into student ({s_config.name}, {student.num_parameters():,} "
+              f"parameters) for {args.steps} steps, T={args.temperature:g}, alpha={args.alpha:g}")
+        history = distill_lm(student, teacher, train, steps=args.steps,
+                             batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                             alpha=args.alpha, temperature=args.temperature, seed=args.seed,
+                             device=args.device)
+    except FloatingPointError as err:
+        print(f"blocklab distill: error: {err}", file=sys.stderr)
+        return 1
     save_model(student, out)
 
     scores = {}

@@ -3,16 +3,26 @@
 Determinism is by construction: the batch of step s is drawn from a generator
 seeded by (seed, s), and the learning rate is a function of s, so the state to
 restore after a crash is just the weights, the optimiser state and the step. A run
-killed at any moment and resumed from its newest checkpoint ends with the same
-loss as an uninterrupted one -- bit for bit on CPU. Under ``torchrun`` each of W
-processes takes rows [r*B/W, (r+1)*B/W) of the same global batch, so the loss curve
-does not depend on W (up to the order of the gradient reduction).
+killed at any moment and resumed from its newest intact checkpoint ends with the
+same loss as an uninterrupted one -- bit for bit on CPU. Under ``torchrun`` each of
+W processes takes rows [r*B/W, (r+1)*B/W) of the same global batch, and validation
+scores the same windows split over the processes and summed across them, so both
+curves do not depend on W (up to the order of the reductions).
+
+What it refuses rather than lose or mix a run: a run directory that is in use or
+holds another run (see :mod:`blocklab.train.rundir`); a ``resume`` whose config
+differs from the run's -- a different model shape always, any other change unless
+``allow_config_change`` (then recorded in the metrics); checkpoints that fail
+verification (skipped, each named with its reason, for the newest intact one); and
+a non-finite loss or gradient norm, which stops the run before the weights are
+updated, naming the step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -21,11 +31,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from blocklab.data.text import corpus_tokens, random_batches
+from blocklab.models.config import TransformerConfig
 from blocklab.models.transformer import TransformerLM
-from blocklab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from blocklab.train.config import TrainConfig
+from blocklab.train.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
+from blocklab.train.config import ConfigError, TrainConfig
 from blocklab.train.distributed import (
     World,
     all_reduce_mean,
@@ -35,9 +53,16 @@ from blocklab.train.distributed import (
     shutdown,
     wrap_model,
 )
-from blocklab.train.loop import adamw, cosine_lr, evaluate_lm
+from blocklab.train.loop import adamw, cosine_lr
+from blocklab.train.rundir import RunDirError, open_run_dir
 
-__all__ = ["train", "TrainResult", "batch_for_step"]
+__all__ = ["train", "TrainResult", "batch_for_step", "validation_loss", "load_trained_model",
+           "FREE_KEYS"]
+
+# Keys a resumed run may change without --allow-config-change: they decide how often
+# the run logs, scores and saves, or where and how it computes, not what it computes.
+FREE_KEYS = frozenset({"log_every", "eval_every", "eval_batches", "save_every", "keep_last",
+                       "device", "compile", "fsdp"})
 
 
 @dataclass
@@ -58,6 +83,161 @@ def batch_for_step(
     per_rank = config.batch_size // world.size
     rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
     return x[rows], y[rows]
+
+
+def validation_loss(
+    model: torch.nn.Module, tokens: torch.Tensor, config: TrainConfig, world: World
+) -> float:
+    """Mean next-token cross entropy over the first ``eval_batches * batch_size``
+    non-overlapping windows of ``tokens``, whatever the number of processes.
+
+    Each of W processes scores a contiguous 1/W of the windows, ``batch_size / W /
+    grad_accum`` at a time (the training micro-batch), and the sums of loss and
+    tokens are added across processes. Every process runs the same number of
+    forward passes (one scoring nothing where its share is shorter), as FSDP's
+    collectives need.
+    """
+    T = config.seq_len
+    n = min((tokens.numel() - 1) // T, config.eval_batches * config.batch_size)
+    share = -(-n // world.size)
+    first, last = min(n, world.rank * share), min(n, (world.rank + 1) * share)
+    micro = config.batch_size // world.size // config.grad_accum
+    sums = torch.zeros(2, dtype=torch.float64, device=world.device)  # (loss, tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(first, first + share, micro):
+                stop = min(start + micro, last)
+                rows = range(start, stop) if stop > start else range(0, 1)  # (b,) windows
+                index = torch.tensor(list(rows)).unsqueeze(1) * T + torch.arange(T + 1)
+                window = tokens[index].long().to(world.device)  # (b, T + 1)
+                logits = model(window[:, :-1])  # (b, T, V)
+                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
+                                       window[:, 1:].reshape(-1), reduction="sum")
+                if stop > start:
+                    sums += torch.stack([loss.double(), loss.new_tensor(window[:, 1:].numel(),
+                                                                         dtype=torch.float64)])
+    finally:
+        model.train(was_training)
+    if world.distributed:
+        torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
+    return float(sums[0] / sums[1])
+
+
+def _agree(world: World, error: BaseException | None) -> None:
+    """Raise ``error`` where it happened and a RunDirError on every other process, so
+    that a failure on one process never leaves the others waiting in a collective."""
+    if world.distributed:
+        flag = torch.tensor([0.0 if error is None else 1.0], device=world.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and error is None:
+            error = RunDirError("another process of this run failed (see its message)")
+    if error is not None:
+        raise error
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """{dotted key: [old, new]} where two configs differ ("model.rope_scaling.factor"),
+    the model's display name left out."""
+    out: dict[str, list[Any]] = {}
+    for key in sorted(old.keys() | new.keys()):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_diff(a, b, f"{name}."))
+        elif a != b and name != "model.name":
+            out[name] = [a, b]
+    return out
+
+
+def _shapes(model_config: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], ...]:
+    """The shapes of the state dict and of the distinct parameters (tied weights count
+    once) of the model a config describes, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = TransformerLM(TransformerConfig.from_dict(model_config))
+    return ({k: tuple(v.shape) for k, v in model.state_dict().items()},
+            {k: tuple(v.shape) for k, v in model.named_parameters()})
+
+
+def _config_changes(saved: dict[str, Any], config: TrainConfig, where: Path, *,
+                    allow: bool) -> dict[str, list[Any]]:
+    """Keys whose value differs between the checkpoint's config and ``config``, as
+    {key: [saved, requested]}; refuse a different model shape, and any other change
+    of a key outside FREE_KEYS unless ``allow``."""
+    changes = _diff(saved, json.loads(json.dumps(config.to_dict())))  # compared as saved
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(f"{k} {changes[k][0]!r} -> {changes[k][1]!r}" for k in keys)
+
+    model_keys = [k for k in changes if k.startswith("model.")]
+    if model_keys:
+        try:
+            same_shape = _shapes(saved["model"]) == _shapes(config.model.to_dict())
+        except (TypeError, ValueError):
+            same_shape = False
+        if not same_shape:
+            raise ConfigError(f"cannot resume {where.name} with another model shape: "
+                              f"{listed(model_keys)}; start a new run in another --out")
+    needs_flag = [k for k in changes if k not in FREE_KEYS]
+    if needs_flag and not allow:
+        raise ConfigError(f"the config differs from the run's ({where.name}): "
+                          f"{listed(needs_flag)}; pass --allow-config-change to continue with "
+                          "it (recorded in metrics.jsonl), or resume with the run's config")
+    return changes
+
+
+def _check_run_state(path: Path, state: dict[str, Any]) -> None:
+    """What a ``blocklab train`` checkpoint must hold beyond tensors and step."""
+    rng, config = state.get("rng"), state.get("config")
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), list):
+        raise CheckpointError(path, "state.json holds no RNG state (not written by blocklab train)")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CheckpointError(path, "state.json holds no config (not written by blocklab train)")
+
+
+def _resume_point(
+    out_dir: Path, world: World
+) -> tuple[Path | None, tuple[dict, dict, dict] | None]:
+    """The newest intact checkpoint of ``out_dir``, loaded, saying what it skipped;
+    (None, None) when the run has no checkpoint yet."""
+    path, loaded, skipped = load_latest(out_dir, check=_check_run_state)
+    if world.is_main:
+        for bad, reason in skipped:
+            print(f"blocklab train: skipped {bad.name}: {reason}", file=sys.stderr)
+    if path is None and list_checkpoints(out_dir):
+        reasons = "; ".join(f"{bad.name}: {reason}" for bad, reason in skipped)
+        raise RunDirError(f"no intact checkpoint to resume in {out_dir} ({reasons})")
+    if path is not None and skipped and world.is_main:
+        print(f"blocklab train: resuming from {path.name}", file=sys.stderr)
+    return path, loaded
+
+
+def load_trained_model(path: str | Path) -> tuple[TransformerLM, dict[str, Any]]:
+    """(model, its TrainConfig as a dict) from a ``blocklab train`` run directory (its
+    newest intact checkpoint) or one of its ``ckpt-*`` directories.
+
+    Raises:
+        ValueError: no intact checkpoint there (:class:`CheckpointError` says why).
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory")
+    if (path / "state.json").exists():
+        model_state, _, state = load_checkpoint(path)
+        _check_run_state(path, state)
+    else:
+        found, loaded, skipped = load_latest(path, check=_check_run_state)
+        if found is None:
+            why = "; ".join(f"{p.name}: {r}" for p, r in skipped) or "no ckpt-* directory"
+            raise ValueError(f"{path} holds no intact blocklab train checkpoint ({why})")
+        model_state, _, state = loaded
+    config = state["config"]
+    try:
+        model = TransformerLM(TransformerConfig.from_dict(config["model"]))
+        model.load_state_dict(model_state)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: the weights do not fit the saved config ({err})") from None
+    return model, config
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -131,36 +311,67 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
     progress: bool | None = None,
 ) -> TrainResult:
     """Train ``config.model`` on ``config.data``; write metrics and checkpoints to out_dir.
 
     Args:
         config: a validated TrainConfig.
-        out_dir: run directory (config.yaml, metrics.jsonl, ckpt-*/).
-        resume: continue from the newest complete checkpoint in out_dir, if any.
+        out_dir: run directory (config.yaml, metrics.jsonl, ckpt-*/); must be empty
+            or absent unless ``resume`` or ``overwrite``.
+        resume: continue from the newest intact checkpoint in out_dir, if any.
+        overwrite: remove the run already in out_dir and start afresh.
+        allow_config_change: with ``resume``, accept a config that differs from the
+            run's in other keys than the model's shape; the change is recorded.
         progress: a progress bar (default: when stderr is a terminal).
+
+    Raises:
+        ConfigError: the config cannot be used (or differs from the resumed run's).
+        RunDirError: out_dir is in use, holds another run, or has checkpoints of
+            which none is intact.
+        OSError: out_dir cannot be written; its ``filename`` says where.
+        FloatingPointError: the loss or gradient norm became non-finite.
     """
     world = init_world(config.device)
     try:
-        return _train(config, Path(out_dir), world, resume=resume, progress=progress)
+        config.check_world(world.size)
+        config.check_data()
+        tokens = corpus_tokens(config.data, config.val_fraction)
+        if min(t.numel() for t in tokens) <= config.seq_len:
+            raise ValueError(
+                f"data {config.data!r} is too short for seq_len {config.seq_len}: "
+                f"{tokens[0].numel()} train / {tokens[1].numel()} val tokens"
+            )
+        lock, error = None, None
+        if world.is_main:
+            try:
+                lock = open_run_dir(Path(out_dir), resume=resume, overwrite=overwrite)
+            except (RunDirError, OSError) as err:
+                error = err
+        _agree(world, error)
+        try:
+            return _train(config, tokens, Path(out_dir), world, resume=resume,
+                          allow_config_change=allow_config_change, progress=progress)
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         shutdown(world)
 
 
 def _train(
-    config: TrainConfig, out_dir: Path, world: World, *, resume: bool, progress: bool | None
+    config: TrainConfig, tokens: tuple[torch.Tensor, torch.Tensor], out_dir: Path,
+    world: World, *, resume: bool, allow_config_change: bool, progress: bool | None
 ) -> TrainResult:
-    config.check_world(world.size)
-    config.check_data()
-    train_tokens, val_tokens = corpus_tokens(config.data, config.val_fraction)
-    if train_tokens.numel() <= config.seq_len or val_tokens.numel() <= config.seq_len:
-        raise ValueError(
-            f"data {config.data!r} is too short for seq_len {config.seq_len}: "
-            f"{train_tokens.numel()} train / {val_tokens.numel()} val tokens"
-        )
+    train_tokens, val_tokens = tokens
+    # Everything is checked before anything in out_dir is rewritten.
+    ckpt, loaded = _resume_point(out_dir, world) if resume else (None, None)
+    changes: dict[str, list[Any]] = {}
+    if loaded is not None:
+        changes = _config_changes(loaded[2]["config"], config, ckpt, allow=allow_config_change)
     if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(out_dir / "config.yaml", config.to_yaml_text())
 
     torch.manual_seed(config.seed)
@@ -169,15 +380,21 @@ def _train(
     optimizer = adamw(wrapped, config.lr, config.weight_decay, (config.beta1, config.beta2))
 
     start_step, resumed_from = 0, None
-    ckpt = latest_checkpoint(out_dir) if resume else None
-    if ckpt is not None:
-        model_state, optim_state, state = load_checkpoint(ckpt)
+    if loaded is not None:
+        model_state, optim_state, state = loaded
         load_full_state_dicts(wrapped, optimizer, model_state, optim_state)
         _set_rng_state(state["rng"])
         start_step = resumed_from = int(state["step"])
+        del loaded, model_state, optim_state
     forward = torch.compile(wrapped) if config.compile else wrapped
 
     metrics = _Metrics(out_dir / "metrics.jsonl", world.is_main, start_step)
+    if changes:
+        metrics.log({"step": start_step, "resumed_from": ckpt.name, "config_change": changes})
+        if world.is_main:
+            print(f"blocklab train: resuming {ckpt.name} with a changed config: "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+                  file=sys.stderr)
     show_bar = world.is_main and (sys.stderr.isatty() if progress is None else progress)
     bar = None
     if show_bar:
@@ -207,11 +424,20 @@ def _train(
                 loss = forward(xs, targets=ys)  # fused LM head + cross entropy
                 (loss / config.grad_accum).backward()
             loss_sum += loss.detach() / config.grad_accum
-        torch.nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         done = step + 1
         last_loss = float(all_reduce_mean(loss_sum, world))
+        norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), config.grad_clip)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        for what, value in (("loss", last_loss), ("gradient norm", norm)):
+            if not math.isfinite(value):
+                newest = list_checkpoints(out_dir)
+                raise FloatingPointError(
+                    f"step {done}: {what} is {value} (lr {lr:.3g}); stopped before updating "
+                    "the weights" + (f", newest checkpoint {newest[-1][1].name}" if newest else "")
+                    + "; lower lr or check the data and config"
+                )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}")
@@ -224,8 +450,7 @@ def _train(
                       "tokens_per_s": tokens / max(now - tick, 1e-9)}
             tick, tick_step = now, done
         if done % config.eval_every == 0 or done == config.max_steps:
-            last_val = evaluate_lm(wrapped, val_tokens, batch_size=micro, seq_len=config.seq_len,
-                                   max_batches=config.eval_batches, device=world.device)
+            last_val = validation_loss(wrapped, val_tokens, config, world)
             record = record or {"step": done, "loss": last_loss, "lr": lr}
             record["val_loss"] = last_val
         if record is not None:
@@ -235,13 +460,16 @@ def _train(
                                for k, v in record.items()), file=sys.stderr)
         if done % config.save_every == 0 or done == config.max_steps:
             model_state, optim_state = full_state_dicts(wrapped, optimizer)
+            error = None
             if world.is_main:
-                save_checkpoint(out_dir, done, model_state=model_state,
-                                optimizer_state=optim_state, keep_last=config.keep_last,
-                                extra={"rng": _rng_state(), "data_position": done,
-                                       "config": config.to_dict()})
-            if world.distributed:
-                torch.distributed.barrier()
+                try:
+                    save_checkpoint(out_dir, done, model_state=model_state,
+                                    optimizer_state=optim_state, keep_last=config.keep_last,
+                                    extra={"rng": _rng_state(), "data_position": done,
+                                           "config": config.to_dict()})
+                except OSError as err:
+                    error = err
+            _agree(world, error)  # also the barrier: no process runs ahead of the save
     if bar is not None:
         bar.close()
     metrics.close()
