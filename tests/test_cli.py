@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blocklab.cli import main
+from blocklab.cli import all_commands, main
 from blocklab.lab import experiments as registry
 from blocklab.lab.base import Context, Experiment, Outcome
 from blocklab.lab.estimate import Check, mean_ci
@@ -123,3 +123,24 @@ def test_python_dash_m() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert "usage: blocklab" in done.stdout
+
+
+HEAVY = ("torch", "numpy", "matplotlib")
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([c.name, "--help"] for c in all_commands())],
+                         ids=lambda argv: " ".join(argv))
+def test_help_imports_no_torch(argv: list[str]) -> None:
+    # Measures the import itself, in a fresh interpreter: -X importtime names every
+    # module imported; sys.modules is the second witness.
+    code = ("import sys\nfrom blocklab.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "blocklab" in imported and "argparse" in imported  # the measurement works
+    assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
+    assert done.stdout.strip().splitlines()[-1] == "[]"

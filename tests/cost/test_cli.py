@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from blocklab.cli import main
-from blocklab.cost.cli import load_config
+from blocklab.cli.cost import load_config
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -98,7 +98,7 @@ def test_usage_errors(argv: list[str], message: str, capsys: pytest.CaptureFixtu
 
 
 def test_help_does_not_import_torch() -> None:
-    code = ("import sys, blocklab.cost.cli, blocklab.cost; "
+    code = ("import sys, blocklab.cli.cost, blocklab.cost; "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

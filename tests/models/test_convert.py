@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from blocklab.cli.convert import COMMAND
 from blocklab.models import TransformerConfig, TransformerLM
 from blocklab.models.convert import convert_kv_heads, load_model, save_model
-from blocklab.models.convert_cli import COMMAND
 from tests.conftest import assert_close
 
 
@@ -180,7 +180,7 @@ def test_cli_converts_and_uptrains(trained_run: Path, tmp_path: Path,
 
 
 def test_cli_without_uptraining_matches_the_function(trained_run: Path, tmp_path: Path) -> None:
-    from blocklab.models.convert_cli import load_source
+    from blocklab.train.sources import load_source
 
     ckpt = sorted(trained_run.glob("ckpt-*"))[-1]
     assert run_convert([str(ckpt), "--kv-heads", "2", "--out", str(tmp_path / "g"),

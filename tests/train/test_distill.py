@@ -13,6 +13,7 @@ from torch import nn
 from blocklab.cli import main
 from blocklab.losses import kd_loss
 from blocklab.models import TransformerConfig, TransformerLM
+from blocklab.models.convert import save_model
 from blocklab.train import evaluate_classifier, train_classifier
 from blocklab.train.distill import (
     check_unchanged,
@@ -21,7 +22,7 @@ from blocklab.train.distill import (
     fingerprint,
     teacher_logits,
 )
-from blocklab.train.distill_cli import load_model, save_model
+from blocklab.train.sources import load_model
 
 
 @pytest.fixture(autouse=True)

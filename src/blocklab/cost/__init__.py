@@ -5,7 +5,7 @@
 :mod:`blocklab.cost.flops` for the counting conventions.
 
 Names are imported on first use, so ``blocklab --help`` (which imports
-:mod:`blocklab.cost.cli`) does not import torch.
+:mod:`blocklab.cli.cost`) does not import torch.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "PUBLISHED_PARAMS": "presets",
     "REAL_MODELS": "presets",
     "model_config": "presets",
+    "format_report": "report",
+    "plot_cost": "report",
 }
 
 __all__ = list(_EXPORTS)

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from blocklab.cli import Command
+from blocklab.cli.command import Command
 
 __all__ = ["COMMAND"]
 

@@ -9,7 +9,8 @@ byte-tokenised (vocab 256), with the tail 10% held out. The teacher is either
 loaded (``--teacher`` names a ``blocklab train`` run directory -- its newest intact
 checkpoint -- or one of its ``ckpt-*`` directories; a directory holding
 ``model.safetensors`` and ``config.yaml``, as this command writes; or a
-``.safetensors`` file with a ``config.yaml`` beside it) or, without one, built
+``.safetensors`` file with a ``config.yaml`` beside it; read by
+:func:`blocklab.train.sources.load_model`) or, without one, built
 from ``--teacher-preset`` and trained first on the same corpus for
 ``--teacher-steps`` steps -- kept simple: one command gives a teacher and its
 student. The student is trained with :func:`blocklab.train.distill.distill_lm`.
@@ -28,13 +29,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from blocklab.cli import Command
+from blocklab.cli.command import Command
+
+__all__ = ["COMMAND"]
 
 USAGE_ERROR = 2
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,45 +97,6 @@ def _check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
-def save_model(model: Any, directory: Path) -> Path:
-    """``model.safetensors`` (``save_file(model.state_dict())``) and ``config.yaml``."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)  # one tensor, stored once (safetensors forbids aliases)
-    save_file(state, str(directory / WEIGHTS))
-    model.config.to_yaml(directory / CONFIG)
-    return directory
-
-
-def load_model(path: str | Path) -> Any:
-    """A TransformerLM from a directory (or a .safetensors file) written by :func:`save_model`,
-    or from a ``blocklab train`` run directory or checkpoint."""
-    from safetensors.torch import load_file
-
-    from blocklab.models import TransformerConfig, TransformerLM
-    from blocklab.train.trainer import load_trained_model
-
-    path = Path(path).expanduser()
-    if path.is_dir() and ((path / "state.json").is_file() or not (path / WEIGHTS).is_file()):
-        # a blocklab train checkpoint, or a run directory of them
-        return load_trained_model(path)[0]
-    weights, config = (path / WEIGHTS, path / CONFIG) if path.is_dir() else \
-        (path, path.with_name(CONFIG))
-    for f in (weights, config):
-        if not f.is_file():
-            raise ValueError(f"checkpoint {str(path)!r}: {f} not found")
-    model = TransformerLM(TransformerConfig.from_yaml(config))
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    allowed = {"lm_head.weight"} if model.config.tie_embeddings else set()
-    if set(missing) - allowed or unexpected:
-        raise ValueError(f"checkpoint {str(path)!r} does not match its config: missing "
-                         f"{sorted(set(missing) - allowed)}, unexpected {sorted(unexpected)}")
-    return model
-
-
 def _run(args: argparse.Namespace) -> int:
     problem = _check_args(args)
     if problem:
@@ -149,8 +110,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from blocklab.data import corpus_tokens
     from blocklab.models import TransformerConfig, TransformerLM
+    from blocklab.models.convert import save_model
     from blocklab.train import evaluate_lm, train_lm
     from blocklab.train.distill import distill_lm
+    from blocklab.train.sources import CONFIG, WEIGHTS, load_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
         return _error("--device cuda was requested but CUDA is not available")

@@ -5,6 +5,7 @@ each group (Ainslie et al. 2023; :func:`blocklab.models.convert.convert_kv_heads
 optionally uptrains it for N steps with the run's own data and hyperparameters, and
 writes ``DIR/model.safetensors``, ``DIR/config.yaml`` and ``DIR/convert.json`` (the
 validation loss before conversion, after it and after uptraining; KV-cache bytes).
+The source is read by :func:`blocklab.train.sources.load_source`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from blocklab.cli import Command
+from blocklab.cli.command import Command
 
-__all__ = ["COMMAND", "load_source"]
+__all__ = ["COMMAND"]
 
 USAGE_ERROR = 2
 
@@ -45,42 +45,6 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def load_source(source: str | Path) -> tuple[Any, dict[str, Any]]:
-    """(TransformerLM, training settings) from a run, checkpoint or converted directory.
-
-    The settings are the ``TrainConfig`` dict saved with the checkpoint (data, seq_len,
-    batch_size, lr, ...), or {} when the directory has none.
-    """
-    from blocklab.models.config import TransformerConfig
-    from blocklab.models.convert import load_model
-    from blocklab.models.transformer import TransformerLM
-    from blocklab.train.checkpoint import latest_checkpoint, load_checkpoint
-
-    path = Path(source)
-    if not path.is_dir():
-        raise ValueError(f"CKPT {str(source)!r} is not a directory")
-    if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
-        settings: dict[str, Any] = {}
-        report = path / "convert.json"
-        if report.is_file():
-            settings = json.loads(report.read_text()).get("train", {})
-        return load_model(path), settings
-    if not (path / "state.json").is_file():
-        newest = latest_checkpoint(path)
-        if newest is None:
-            raise ValueError(f"{path} holds no checkpoint (ckpt-*/state.json), nor "
-                             "model.safetensors + config.yaml")
-        path = newest
-    model_state, _, state = load_checkpoint(path)
-    train = state.get("config")
-    if not isinstance(train, dict) or not isinstance(train.get("model"), dict):
-        raise ValueError(f"{path}/state.json has no config.model: not written by blocklab train")
-    model = TransformerLM(TransformerConfig.from_dict(train["model"]))
-    model.load_state_dict(model_state)
-    settings = {k: v for k, v in train.items() if k != "model"}
-    return model, settings
-
-
 def _error(message: str) -> int:
     print(f"blocklab convert: error: {message}", file=sys.stderr)
     return USAGE_ERROR
@@ -93,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     from blocklab.data import corpus_tokens
     from blocklab.models.convert import convert_kv_heads, save_model
     from blocklab.train.loop import evaluate_lm, train_lm
+    from blocklab.train.sources import load_source
 
     if args.uptrain_steps < 0:
         return _error(f"--uptrain-steps ({args.uptrain_steps}) must be >= 0")

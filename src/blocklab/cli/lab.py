@@ -1,46 +1,19 @@
-"""The ``blocklab`` command line.
+"""``blocklab lab [ID ...] [--quick|--full] [--out DIR] [--list] [--check]``.
 
-Each subcommand is one :class:`Command` in :data:`COMMANDS`: a name, its help, a
-function that adds its arguments to an ``argparse`` parser and a function that
-runs it and returns the exit code. Adding a subcommand is adding one entry.
-Heavy imports (torch, the lab) happen inside the run functions, so ``--help``
-stays fast.
+Runs lab experiments (:func:`blocklab.lab.runner.run_lab`) and writes their report;
+``--list`` lists them, ``--check`` checks a report already written.
 
-Exit codes: 0 success, 1 an experiment or task failed, 2 a usage error.
+Exit codes: 0 every experiment ran (or the report checks out), 1 an experiment
+failed (or the report has problems), 2 a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-USAGE_ERROR = 2
+from blocklab.cli.command import Command, usage_error
 
-
-@dataclass(frozen=True)
-class Command:
-    """One ``blocklab`` subcommand."""
-
-    name: str
-    help: str
-    description: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("blocklab")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _error(command: str, message: str) -> int:
-    print(f"blocklab {command}: error: {message}", file=sys.stderr)
-    return USAGE_ERROR
+__all__ = ["COMMAND", "LAB_MINUTES", "EXPERIMENT_MAX_QUICK_SECONDS"]
 
 
 # What each scale costs for all ten experiments on 2 idle CPU cores, in minutes: the
@@ -114,7 +87,7 @@ def _check_report(out: str) -> int:
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        return _error("lab", f"cannot read {path}: {err}")
+        return usage_error("lab", f"cannot read {path}: {err}")
     problems = check_results(results)
     for problem in problems:
         print(problem)
@@ -135,12 +108,12 @@ def _run_lab(args: argparse.Namespace) -> int:
     from blocklab.lab.runner import run_lab
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        return _error("lab", f"--device cuda was requested but CUDA is not available "
-                             f"(torch {torch.__version__} sees no GPU); use --device cpu")
+        return usage_error("lab", f"--device cuda was requested but CUDA is not available "
+                                  f"(torch {torch.__version__} sees no GPU); use --device cpu")
     for experiment_id in args.ids:
         if experiment_id not in registry.known_ids():
-            return _error("lab", f"unknown experiment id {experiment_id!r}; known ids: "
-                                 f"{', '.join(registry.known_ids())}")
+            return usage_error("lab", f"unknown experiment id {experiment_id!r}; known ids: "
+                                      f"{', '.join(registry.known_ids())}")
     result = run_lab(args.ids or None, quick=args.quick, out_dir=args.out,
                      device=args.device, seed=args.seed, progress=not args.quiet,
                      threads=args.threads)
@@ -152,90 +125,17 @@ def _run_lab(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-COMMANDS: list[Command] = [
-    Command(
-        name="lab",
-        help="run the lab experiments and write an HTML report",
-        description=(
-            "Run lab experiments: each checks a building block's textbook claim on real "
-            "runs, derives a verdict (supported, partly, inconclusive, not supported) from "
-            "checks that compare measured 95% intervals with thresholds, and draws its "
-            "figures. Writes DIR/results.json and a self-contained DIR/index.html; "
-            "experiments already in DIR that are not rerun keep their sections. Exit code 0 "
-            "if every experiment ran, 1 if any failed."
-        ),
-        add_arguments=_add_lab_arguments,
-        run=_run_lab,
+COMMAND = Command(
+    name="lab",
+    help="run the lab experiments and write an HTML report",
+    description=(
+        "Run lab experiments: each checks a building block's textbook claim on real "
+        "runs, derives a verdict (supported, partly, inconclusive, not supported) from "
+        "checks that compare measured 95% intervals with thresholds, and draws its "
+        "figures. Writes DIR/results.json and a self-contained DIR/index.html; "
+        "experiments already in DIR that are not rerun keep their sections. Exit code 0 "
+        "if every experiment ran, 1 if any failed."
     ),
-]
-
-
-# Subcommands that live beside the code they drive: each module defines
-# ``COMMAND: Command`` and keeps torch imports inside its run function.
-COMMAND_MODULES: tuple[str, ...] = (
-    "blocklab.cost.cli",
-    "blocklab.train.cli",
-    "blocklab.train.distill_cli",
-    "blocklab.models.convert_cli",
+    add_arguments=_add_lab_arguments,
+    run=_run_lab,
 )
-
-
-def all_commands() -> list[Command]:
-    """:data:`COMMANDS` plus the ``COMMAND`` of every module in :data:`COMMAND_MODULES`
-    that exists."""
-    import importlib
-    import importlib.util
-
-    commands = list(COMMANDS)
-    for name in COMMAND_MODULES:
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            commands.append(importlib.import_module(name).COMMAND)
-    return commands
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``blocklab`` parser with one subparser per entry of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(
-        prog="blocklab",
-        description="Verified, measured and demonstrated building blocks of modern "
-                    "transformers.",
-        epilog="Run 'blocklab COMMAND --help' for the options of a command.",
-    )
-    parser.add_argument("--version", action="version", version=f"blocklab {_version()}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in all_commands():
-        sub = subparsers.add_parser(command.name, help=command.help,
-                                    description=command.description)
-        command.add_arguments(sub)
-        sub.set_defaults(handler=command.run)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its exit code.
-
-    ``--help`` and ``--version`` exit through ``SystemExit(0)``, argument errors
-    through ``SystemExit(2)``, as argparse does.
-    """
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may follow options (``train tiny --out d lr=1e-3``), which
-    # argparse cannot interleave with a positional list on its own.
-    if extra and isinstance(getattr(args, "overrides", None), list) and all(
-        "=" in item and not item.startswith("-") for item in extra
-    ):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return USAGE_ERROR
-    try:
-        return args.handler(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
