@@ -6,7 +6,8 @@ and often tied embeddings, Mistral a sliding window, Llama optional attention/ML
 biases. The weight map fuses q/k/v into ``wqkv`` and gate/up into ``w_in``. Reads the
 rotary settings from ``config.rope_parameters`` (transformers 5) or
 ``rope_theta``/``rope_scaling`` (transformers 4). ``transformers`` is imported only
-here, and only when called.
+here, and only when called; :mod:`blocklab.models.hf_io` reads and writes the same
+mapping as a model directory (config.json + safetensors) without it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from blocklab.models.config import TransformerConfig
 from blocklab.models.transformer import TransformerLM
 from blocklab.position.scaling import RopeScaling
 
-__all__ = ["config_from_hf", "from_hf", "to_hf", "FAMILIES"]
+__all__ = ["config_from_hf", "from_hf", "to_hf", "hf_config_dict", "weight_map", "FAMILIES"]
 
 FAMILIES = ("llama", "mistral", "qwen2")
 _ACT_TO_GLU = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "relu": "reglu"}
@@ -175,7 +176,9 @@ def _linear_pairs(i: int) -> list[tuple[str, list[str]]]:
     ]
 
 
-def _weight_map(config: TransformerConfig) -> list[tuple[str, list[str]]]:
+def weight_map(config: TransformerConfig) -> list[tuple[str, list[str]]]:
+    """(our parameter, the Hugging Face tensors concatenated along dim 0 into it); biases
+    and ``lm_head`` appear whether or not the model has them."""
     pairs = [("embed.weight", ["model.embed_tokens.weight"]), ("norm.weight", ["model.norm.weight"])]
     if not config.tie_embeddings:
         pairs.append(("lm_head.weight", ["lm_head.weight"]))
@@ -192,7 +195,7 @@ def from_hf(hf_model: nn.Module) -> TransformerLM:
     model = TransformerLM(config).to(device=ref.device, dtype=ref.dtype)
     theirs = hf_model.state_dict()
     ours = model.state_dict()
-    for name, sources in _weight_map(config):
+    for name, sources in weight_map(config):
         if name not in ours:
             continue
         missing = [s for s in sources if s not in theirs]
@@ -202,9 +205,21 @@ def from_hf(hf_model: nn.Module) -> TransformerLM:
     return model.eval() if not hf_model.training else model
 
 
-def _hf_config(config: TransformerConfig, family: str) -> Any:
-    import transformers
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM"}
 
+
+def hf_config_dict(config: TransformerConfig, family: str, *, rope_style: str = "both"
+                   ) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` content (a plain dict) for a Llama/Mistral/Qwen2
+    family model with this config; needs no transformers.
+
+    rope_style: "v5" writes ``rope_parameters`` (transformers 5), "v4" writes
+    ``rope_theta`` + ``rope_scaling`` (transformers 4, which transformers 5 also reads),
+    "both" writes both, equal, so either version reads the file.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family ({family!r}) must be one of {FAMILIES}")
     if config.position != "rope" or config.norm != "rmsnorm" or config.activation not in _GLU_TO_ACT:
         raise ValueError(
             "only RoPE + RMSNorm + GLU-FFN models map to Llama/Mistral/Qwen2, got "
@@ -221,7 +236,9 @@ def _hf_config(config: TransformerConfig, family: str) -> Any:
             f"({config.rotary_dim}) must equal head_dim ({config.dim_head})"
         )
     rope, max_pos = _rope_to_hf(config)
-    common: dict[str, Any] = dict(
+    out: dict[str, Any] = dict(
+        architectures=[_ARCHITECTURES[family]],
+        model_type=family,
         vocab_size=config.vocab_size,
         hidden_size=config.d_model,
         intermediate_size=config.hidden_dim,
@@ -233,29 +250,54 @@ def _hf_config(config: TransformerConfig, family: str) -> Any:
         max_position_embeddings=max_pos,
         rms_norm_eps=config.norm_eps,
         tie_word_embeddings=config.tie_embeddings,
-        rope_theta=rope["rope_theta"],
     )
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        common.pop("rope_theta")
-        common["rope_parameters"] = rope
-    elif rope["rope_type"] != "default":
-        common["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if rope_style not in ("v4", "v5", "both"):
+        raise ValueError(f"rope_style ({rope_style!r}) must be 'v4', 'v5' or 'both'")
+    if rope_style in ("v5", "both"):
+        out["rope_parameters"] = dict(rope)
+    if rope_style in ("v4", "both"):
+        out["rope_theta"] = rope["rope_theta"]
+        if rope["rope_type"] != "default":
+            out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     if family == "qwen2":
         if not (config.qkv_bias and not config.out_bias and not config.ffn_bias):
             raise ValueError("Qwen2 has q/k/v biases only; this config's biases differ")
-        return transformers.Qwen2Config(**common)
-    if family == "mistral":
+        out.update(use_sliding_window=False, sliding_window=None)
+    elif family == "mistral":
         if config.qkv_bias or config.out_bias or config.ffn_bias:
             raise ValueError("Mistral has no biases; this config has some")
-        return transformers.MistralConfig(sliding_window=config.sliding_window, **common)
-    if config.qkv_bias != config.out_bias:
-        raise ValueError("Llama's attention_bias covers q/k/v and output together")
-    return transformers.LlamaConfig(
-        attention_bias=config.qkv_bias, mlp_bias=config.ffn_bias, **common
-    )
+        out["sliding_window"] = config.sliding_window
+    else:
+        if config.qkv_bias != config.out_bias:
+            raise ValueError("Llama's attention_bias covers q/k/v and output together")
+        out.update(attention_bias=config.qkv_bias, mlp_bias=config.ffn_bias)
+    return out
 
 
-def _family_of(config: TransformerConfig) -> str:
+def _hf_config(config: TransformerConfig, family: str) -> Any:
+    import transformers
+
+    style = "v5" if int(transformers.__version__.split(".")[0]) >= 5 else "v4"
+    kwargs = hf_config_dict(config, family, rope_style=style)
+    del kwargs["architectures"], kwargs["model_type"]
+    cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+           "qwen2": transformers.Qwen2Config}[family]
+    return cls(**kwargs)
+
+
+def split_sizes(config: TransformerConfig, name: str) -> list[int]:
+    """Rows of each Hugging Face tensor concatenated into our parameter ``name``
+    (in the order of the weight map)."""
+    if ".attn.wqkv." in name:
+        q, kv = config.n_heads * config.dim_head, config.kv_heads * config.dim_head
+        return [q, kv, kv]
+    if ".ffn.w_in." in name:
+        return [config.hidden_dim, config.hidden_dim]
+    return []  # one source: the whole parameter
+
+
+def family_of(config: TransformerConfig) -> str:
+    """The Hugging Face family a config maps to (biases and window decide)."""
     if config.qkv_bias and not config.out_bias:
         return "qwen2"
     if config.sliding_window is not None:
@@ -269,7 +311,7 @@ def to_hf(model: TransformerLM, family: str | None = None) -> nn.Module:
     import transformers
 
     config = model.config
-    family = family or _family_of(config)
+    family = family or family_of(config)
     if family not in FAMILIES:
         raise ValueError(f"family ({family!r}) must be one of {FAMILIES}")
     hf_config = _hf_config(config, family)
@@ -282,7 +324,7 @@ def to_hf(model: TransformerLM, family: str | None = None) -> nn.Module:
     hf_model = cls(hf_config).to(device=ref.device, dtype=ref.dtype)
     theirs = hf_model.state_dict()
     ours = model.state_dict()
-    for name, sources in _weight_map(config):
+    for name, sources in weight_map(config):
         if name not in ours:
             continue
         sizes = [theirs[s].shape[0] for s in sources]

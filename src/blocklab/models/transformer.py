@@ -13,6 +13,7 @@ logits (``models/hf.py``).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -260,3 +261,34 @@ class TransformerLM(nn.Module):
         from blocklab.models.hf import to_hf
 
         return to_hf(self)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+    ) -> TransformerLM:
+        """Load a local Hugging Face Llama / Mistral / Qwen2 directory (config.json +
+        safetensors, sharded or not), without transformers; see
+        :func:`blocklab.models.hf_io.load_pretrained`."""
+        from blocklab.models.hf_io import load_pretrained
+
+        return load_pretrained(path, dtype=dtype, device=device)
+
+    def save_pretrained(
+        self,
+        path: str | Path,
+        *,
+        family: str | None = None,
+        max_shard_size: int | str = "5GB",
+        dtype: torch.dtype | None = None,
+    ) -> Path:
+        """Write a Hugging Face directory (config.json + safetensors, sharded above
+        ``max_shard_size``) that transformers loads with the same logits; see
+        :func:`blocklab.models.hf_io.save_pretrained`."""
+        from blocklab.models.hf_io import save_pretrained
+
+        return save_pretrained(self, path, family=family, max_shard_size=max_shard_size,
+                               dtype=dtype)
