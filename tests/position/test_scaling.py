@@ -153,3 +153,116 @@ def test_scaling_keeps_the_high_frequencies():
 def test_bad_scaling(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+# ---------------------------------------------------------------- longrope (Phi-3), issue 16
+
+def _phi3_factors(n: int) -> tuple[list[float], list[float]]:
+    """Shaped like Phi-3-mini-128k's: short near 1, long growing to ~60 for slow dims."""
+    short = [1.0 + 0.1 * i / n for i in range(n)]
+    long = [1.0 + 59.0 * (i / (n - 1)) ** 2 for i in range(n)]
+    return short, long
+
+
+def _phi3(rotary_fraction: float = 1.0, attention_factor: float | None = None):
+    """(our RopeScaling, Hugging Face Phi3Config) for a Phi-3-shaped config: 4x extension."""
+    dim = int(HEAD_DIM * rotary_fraction)
+    short, long = _phi3_factors(dim // 2)
+    params = dict(rope_type="longrope", rope_theta=BASE, short_factor=short, long_factor=long,
+                  partial_rotary_factor=rotary_fraction)
+    if attention_factor is not None:
+        params["attention_factor"] = attention_factor
+    config = transformers.Phi3Config(
+        hidden_size=HEAD_DIM * N_HEADS, num_attention_heads=N_HEADS, num_key_value_heads=1,
+        max_position_embeddings=4 * ORIGINAL, original_max_position_embeddings=ORIGINAL,
+        rope_parameters=params,
+    )
+    ours = RopeScaling("longrope", 4.0, ORIGINAL, short_factor=short, long_factor=long,
+                       attention_factor=attention_factor)
+    return ours, config, dim
+
+
+@pytest.mark.parametrize("attention_factor", [None, 1.25])
+@pytest.mark.parametrize("rotary_fraction", [1.0, 0.5])
+def test_longrope_frequencies_match_hugging_face(rotary_fraction, attention_factor):
+    ours_scaling, config, dim = _phi3(rotary_fraction, attention_factor)
+    for seq_len in (None, ORIGINAL // 2, ORIGINAL, ORIGINAL + 1, 4 * ORIGINAL):
+        extra = {} if seq_len is None else {"seq_len": seq_len}
+        theirs, their_factor = ROPE_INIT_FUNCTIONS["longrope"](config, "cpu", **extra)
+        ours, our_factor = ours_scaling.inverse_frequencies(dim, BASE, seq_len=seq_len)
+        torch.testing.assert_close(ours.float(), theirs.float(), rtol=2e-6, atol=0)
+        assert our_factor == pytest.approx(their_factor, rel=1e-12)
+        # A traced length (0-d tensor) picks the same set.
+        if seq_len is not None:
+            traced, _ = ours_scaling.inverse_frequencies(dim, BASE, seq_len=torch.tensor(seq_len))
+            assert torch.equal(traced, ours)
+    expected = 1.25 if attention_factor else math.sqrt(1 + math.log(4.0) / math.log(ORIGINAL))
+    assert ours_scaling.inverse_frequencies(dim, BASE)[1] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("T", [ORIGINAL // 2, ORIGINAL, ORIGINAL + 1, 4 * ORIGINAL])
+@pytest.mark.parametrize("rotary_fraction", [1.0, 0.5])
+def test_longrope_logits_match_phi3_below_and_above_the_original_length(rotary_fraction, T):
+    from transformers.models.phi3 import modeling_phi3 as mp
+
+    ours_scaling, config, dim = _phi3(rotary_fraction)
+    q, k = torch.randn(2, N_HEADS, T, HEAD_DIM), torch.randn(2, 1, T, HEAD_DIM)
+    pos = torch.arange(T)[None].expand(2, T)
+    cos, sin = mp.Phi3RotaryEmbedding(config)(q, pos)  # fresh: no state carried
+    hq, hk = mp.apply_rotary_pos_emb(q, k, cos, sin)
+    rope = RotaryEmbedding(dim, base=BASE, scaling=ours_scaling, max_seq_len=ORIGINAL)
+    rq, rk = rope(q, k)
+    # Hugging Face's fp32 angles carry ~position * 6e-8 of error.
+    assert_close(rq, hq, atol=5e-5)
+    assert_close(rk, hk, atol=5e-5)
+    # The attention logits q R_(n-m) k, as the model computes them.
+    assert_close(rq @ rk.transpose(-1, -2), hq @ hk.transpose(-1, -2), atol=5e-4)
+    inv, factor = ours_scaling.inverse_frequencies(dim, BASE, seq_len=T)
+    assert_close(rq, naive_rope(q, torch.arange(T), dim=dim, inv_freq=inv,
+                                attention_factor=factor))
+    # Explicit per-row position_ids take the same path as contiguous positions.
+    assert_close(rope(q, k, pos)[0], rq)
+
+
+def test_longrope_decoding_switches_to_the_long_factors_past_the_original_length():
+    """A token at position L (length L + 1) is rotated with the long factors; the cached
+    keys keep the short ones -- Hugging Face's behaviour."""
+    ours_scaling, _, dim = _phi3()
+    rope = RotaryEmbedding(dim, base=BASE, scaling=ours_scaling)
+    q = torch.randn(1, 1, 1, HEAD_DIM)
+    for n, long in ((ORIGINAL - 1, False), (ORIGINAL, True)):
+        rq, _ = rope(q, q.clone(), offset=n)
+        inv, factor = ours_scaling.inverse_frequencies(dim, BASE, seq_len=n + 1)
+        factors = ours_scaling.long_factor if long else ours_scaling.short_factor
+        assert torch.allclose(inv, rope.inv_freq64 * torch.tensor(ours_scaling.short_factor,
+                                                                   dtype=torch.float64)
+                              / torch.tensor(factors, dtype=torch.float64))
+        assert_close(rq, naive_rope(q, torch.tensor([n]), inv_freq=inv, attention_factor=factor))
+
+
+@pytest.mark.parametrize(("make", "exc", "match"), [
+    (lambda: RopeScaling("longrope", 2.0), ValueError, "longrope needs short_factor"),
+    (lambda: RopeScaling("longrope", 2.0, short_factor=[1.0]), ValueError,
+     "longrope needs long_factor"),
+    (lambda: RopeScaling("longrope", 2.0, short_factor=[1.0, 1.0], long_factor=[1.0]),
+     ValueError, r"short_factor \(2 values\) and long_factor \(1\)"),
+    (lambda: RopeScaling("longrope", 2.0, short_factor=[1.0, 0.0], long_factor=[1.0, 1.0]),
+     ValueError, "finite and > 0"),
+    (lambda: RopeScaling("longrope", 2.0, short_factor=[True], long_factor=[1.0]),
+     TypeError, "sequence of numbers"),
+    (lambda: RopeScaling("longrope", 2.0, short_factor=[1.0], long_factor=[1.0],
+                         attention_factor=-1.0), ValueError, "attention_factor"),
+    (lambda: RotaryEmbedding(8, scaling=RopeScaling("longrope", 2.0, short_factor=[1.0] * 3,
+                                                     long_factor=[1.0] * 3)),
+     ValueError, r"3 values, the rotary dim 8 needs dim / 2 = 4"),
+])
+def test_bad_longrope(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_longrope_is_hashable_and_named():
+    s = RopeScaling("longrope", 2.0, short_factor=[1.0] * 4, long_factor=[2.0] * 4)
+    assert isinstance(s.short_factor, tuple) and hash(s) == hash(
+        RopeScaling("longrope", 2.0, short_factor=(1.0,) * 4, long_factor=(2.0,) * 4))
+    assert "longrope" in repr(RotaryEmbedding(8, scaling=s))

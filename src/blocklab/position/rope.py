@@ -20,7 +20,10 @@ angles (Hugging Face) are off by ~0.09 (transformers PR#29285).
 Speed: on CPU the rotation runs in blocks that follow the tensor's memory order and
 stay in cache, each op shared by torch's intra-op threads; the interleaved layout is
 one complex multiply. ``inplace=True`` rotates q and k in their own storage
-(autograd: the backward is the inverse rotation, R^T = R(-theta)). Under
+(autograd: the backward is the inverse rotation, R^T = R(-theta)), leaves that require
+grad and views of them included (flash-attention's ``inplace=True`` on a packed qkv
+leaf). ``layout="bthd"`` rotates (B, T, H, D) tensors through a transposed view, no
+copy. Under
 ``torch.compile`` the plain formula is traced instead (Inductor fuses it) and nothing
 is cached.
 
@@ -50,6 +53,8 @@ __all__ = [
 ]
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+Layout = Literal["bhtd", "bthd"]
+_LAYOUTS = ("bhtd", "bthd")
 # cos, sin and, for the interleaved layout, cos + i sin (one complex multiply rotates)
 _Tables = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
@@ -309,6 +314,40 @@ class _RotateInplace(torch.autograd.Function):
         return _Rotate.apply(grad, cos, -sin, None, ctx.interleaved), None, None, None, None
 
 
+class _RotateLeafInplace(torch.autograd.Function):
+    """x <- R x in the storage of a leaf that requires grad (or of a view of one); the
+    result aliases x and dx = R^T dy.
+
+    Autograd forbids marking a leaf dirty (``mark_dirty`` raises "a leaf Variable that
+    requires grad is being used in an in-place operation"), so this function owns the
+    write without marking it, as flash-attention's rotary does: the gradient reaches
+    the leaf through this node (the leaf's value afterwards is R x, as asked). A
+    tensor saved for another backward that shares the storage is still caught: the
+    write bumps the version counter, and that backward refuses to run.
+    """
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, z, interleaved):  # type: ignore[override]
+        _rotate(x, cos, sin, interleaved, z=z)
+        ctx.save_for_backward(cos, sin)
+        ctx.interleaved = interleaved
+        # An alias of x's storage that autograd does not see as a view of it: a view
+        # would be invalidated when a sibling view of the same leaf is rotated next
+        # (q then k of a packed qkv), since views share one version counter.
+        return x.detach()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        return _Rotate.apply(grad, cos, -sin, None, ctx.interleaved), None, None, None, None
+
+
+def _views_grad_leaf(x: torch.Tensor) -> bool:
+    """x is a leaf that requires grad, or a view of one."""
+    root = x._base if x._is_view() else x
+    return root.is_leaf and root.requires_grad
+
+
 def _can_mark_dirty(x: torch.Tensor) -> bool:
     """Whether autograd can track an in-place change of x: not for outputs of
     ``split``/``chunk``/``unbind`` or views made under no_grad."""
@@ -327,27 +366,45 @@ def apply_rotary(
     *,
     interleaved: bool = False,
     inplace: bool = False,
+    layout: Layout = "bhtd",
+    offset: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Rotate the first ``2 * cos.shape[-1]`` features of x; the rest pass through.
 
     Args:
-        x: (B, H, T, D).
+        x: (B, H, T, D), or (B, T, H, D) with ``layout="bthd"`` (flash-attention's
+            layout; a packed qkv's ``qkv[:, :, 0]`` is one), rotated through a
+            transposed view, no copy.
         cos, sin: (T, dim/2) or (B, 1, T, dim/2), float32 (float64 for fp64 work); the
-            rotation runs in the wider of their dtype and x's.
+            rotation runs in the wider of their dtype and x's. With ``offset``, tables
+            (S_ro, dim/2) of which rows offset..offset+T-1 are used.
         interleaved: pairs (2i, 2i+1) instead of (i, i + dim/2).
-        inplace: rotate x in its own storage and return it; with autograd, out of
-            place for views autograd cannot track (see ``RotaryEmbedding.forward``).
+        inplace: rotate x in its own storage and return it, leaves that require grad
+            and views of them included; with autograd, out of place for views of
+            computed tensors autograd cannot track (see ``RotaryEmbedding.forward``).
+        layout: "bhtd" or "bthd", x's dim order.
+        offset: None (cos/sin rows are x's T positions), an int, or a per-row (B,)
+            integer tensor (flash-attention's ``seqlen_offsets``).
 
     Returns:
-        R x, x's shape and dtype: a new tensor laid out in x's memory order
-        (contiguous for a contiguous x), or x itself when ``inplace``.
+        R x, x's shape, layout and dtype: a new tensor laid out in x's memory order
+        (contiguous for a contiguous x), or x's storage when ``inplace``.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError(f"x must be a (B, H, T, D) tensor, got {getattr(x, 'shape', x)!r}")
+    xv = _to_bhtd("x", x, layout)  # (B, H, T, D)
+    out = _apply_rotary(xv, cos, sin, interleaved=interleaved, inplace=inplace,
+                        offset=offset)
+    return out if layout == "bhtd" else out.transpose(1, 2)
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
+                  interleaved: bool, inplace: bool,
+                  offset: int | torch.Tensor | None) -> torch.Tensor:
     check_tensor("x", x, floating=True)
     check_tensor("cos", cos, floating=True)
     check_tensor("sin", sin, floating=True)
     interleaved, inplace = check_bool("interleaved", interleaved), check_bool("inplace", inplace)
+    if offset is not None and cos.shape == sin.shape:
+        cos, sin = _table_rows(cos, sin, offset, x.shape[-2], x.shape[0])
     if cos.shape != sin.shape or cos.dim() not in (2, 4):
         raise ValueError(
             f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must both be (T, dim/2) "
@@ -378,11 +435,8 @@ def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, z: torch.Tenso
         if not needs_grad:
             _rotate(x, cos, sin, interleaved, z=z)
             return x
-        if x.is_leaf:
-            raise ValueError(
-                "inplace=True cannot rotate a leaf tensor that requires grad; "
-                "pass a computed tensor (e.g. a projection) or use inplace=False"
-            )
+        if _views_grad_leaf(x):
+            return _RotateLeafInplace.apply(x, cos, sin, z, interleaved)
         if _can_mark_dirty(x):
             return _RotateInplace.apply(x, cos, sin, z, interleaved)
         # An untracked write could corrupt a tensor some op saved for its backward,
@@ -392,6 +446,53 @@ def _apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, z: torch.Tenso
         return _Rotate.apply(x, cos, sin, z, interleaved)
     return _rotate(x, cos, sin, interleaved, z=z,
                    out=empty_like_layout(x))
+
+
+def _to_bhtd(name: str, x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x in ``layout`` -> a (B, H, T, D) view of it (no copy)."""
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout ({layout!r}) must be one of {_LAYOUTS}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        want = "(B, H, T, D)" if layout == "bhtd" else "(B, T, H, D)"
+        raise ValueError(f"{name} must be a {want} tensor, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else x!r}")
+    return x if layout == "bhtd" else x.transpose(1, 2)
+
+
+def _check_offset_tensor(offset: torch.Tensor, batch: int) -> torch.Tensor:
+    """A per-row offset: an integer tensor of shape (B,) or (1,) -> (B or 1, 1) long."""
+    if offset.dtype not in _INT_DTYPES:
+        raise TypeError(f"offset must be an int or an integer tensor of shape (B,), got "
+                        f"{offset.dtype}")
+    if offset.dim() != 1 or offset.shape[0] not in (1, batch):
+        raise ValueError(f"offset must be an int or a tensor of shape (B,) with B = {batch}, "
+                         f"got {tuple(offset.shape)}")
+    return offset.to(torch.long).unsqueeze(-1)
+
+
+def _table_rows(
+    cos: torch.Tensor, sin: torch.Tensor, offset: int | torch.Tensor, T: int, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows offset..offset+T-1 of (S_ro, dim/2) tables: (T, dim/2) slices for an int,
+    (B, 1, T, dim/2) gathers for a per-row (B,) tensor."""
+    if cos.dim() != 2:
+        raise ValueError(f"with offset, cos and sin must be (S_ro, dim/2) tables, got "
+                         f"{tuple(cos.shape)}")
+    rows = cos.shape[0]
+    if isinstance(offset, torch.Tensor):
+        off = _check_offset_tensor(offset, batch).to(cos.device)  # (B or 1, 1)
+        if not torch.compiler.is_compiling() and off.numel():
+            lo, hi = (int(v) for v in torch.aminmax(off))
+            if lo < 0 or hi + T > rows:
+                raise ValueError(f"offset + T must lie in [0, {rows}] (the table's rows): "
+                                 f"offsets span [{lo}, {hi}], T = {T}")
+        idx = off + torch.arange(T, device=cos.device)  # (B or 1, T)
+        return cos[idx].unsqueeze(1), sin[idx].unsqueeze(1)  # (B or 1, 1, T, dim/2)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset ({offset!r}) must be an int >= 0 or a (B,) tensor")
+    if offset + T > rows:
+        raise ValueError(f"offset ({offset}) + T ({T}) is more than the table's {rows} rows")
+    return cos[offset : offset + T], sin[offset : offset + T]
 
 
 # ------------------------------------------------------------------ layout conversion
@@ -466,7 +567,8 @@ class RotaryEmbedding(nn.Module):
     in a KV cache keep the rotation they were written with, exactly as in Hugging Face
     (transformers#25104): scores between new queries and old keys then mix two
     frequency sets. Hugging Face also keeps the largest l seen across calls; this
-    module does not (it has no state to go stale).
+    module does not (it has no state to go stale). longrope switches the same way,
+    from its short to its long factors once l passes the original length.
     """
 
     def __init__(
@@ -545,16 +647,19 @@ class RotaryEmbedding(nn.Module):
         position_ids: torch.Tensor | None,
         T: int,
         device: torch.device,
-        offset: int,
+        offset: int | torch.Tensor,
         dtype: torch.dtype,
         batch: int | None,
     ) -> _Tables:
         device = torch.device(device)
         dynamic = self.scaling is not None and self.scaling.is_dynamic
         original = self.scaling.original_max_seq_len if self.scaling is not None else 0
+        if position_ids is None and isinstance(offset, torch.Tensor):
+            off = _check_offset_tensor(offset, 1 if batch is None else batch)  # (B or 1, 1)
+            position_ids = off.to(device) + torch.arange(T, device=device)  # (B or 1, T)
         if position_ids is None:
             if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-                raise ValueError(f"offset ({offset!r}) must be an int >= 0")
+                raise ValueError(f"offset ({offset!r}) must be an int >= 0 or a (B,) tensor")
             length = offset + T
             fits = length <= self._rows_limit and not (dynamic and length > original)
             if fits and not torch.compiler.is_compiling():
@@ -603,27 +708,36 @@ class RotaryEmbedding(nn.Module):
         position_ids: torch.Tensor | None = None,
         *,
         inplace: bool = False,
-        offset: int = 0,
+        offset: int | torch.Tensor = 0,
+        layout: Layout = "bhtd",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate q and k.
 
         Args:
-            q: (B, H, T, D).
-            k: (B, H_kv, T, D).
+            q: (B, H, T, D), or (B, T, H, D) with ``layout="bthd"``.
+            k: (B, H_kv, T, D), or (B, T, H_kv, D).
             position_ids: None (positions offset..offset+T-1), (T,) or (B, T) integers
                 (packed sequences, left padding, per-row offsets).
             inplace: rotate q and k in their own storage and return them. With
                 autograd the change is tracked (mark_dirty) and the backward is the
-                inverse rotation; leaves requiring grad are refused, and views whose
-                in-place change autograd forbids (outputs of ``split``/``chunk``, as
-                Attention's q and k while training) are rotated out of place. Without
-                autograd (inference, no_grad) it is always in place. Under
-                ``torch.compile`` the rotation is traced out of place.
-            offset: first position when position_ids is None (decoding with a cache).
+                inverse rotation. Leaves that require grad (and views of them, e.g.
+                q and k of a packed qkv leaf) are rotated in their storage too and the
+                returned tensor carries the gradient back to them (torch cannot mark a
+                leaf dirty, so the rotation owns the write, as flash-attention's does).
+                Views of computed tensors whose in-place change autograd forbids
+                (outputs of ``split``/``chunk``, as Attention's q and k while
+                training) are rotated out of place. Without autograd (inference,
+                no_grad) it is always in place. Under ``torch.compile`` the rotation
+                is traced out of place.
+            offset: first position when position_ids is None (decoding with a cache):
+                an int, or a per-row (B,) integer tensor (rows at different offsets).
+            layout: "bhtd" or "bthd" (flash-attention's), q's and k's dim order; the
+                other is rotated through a transposed view, no copy.
 
         Returns:
-            (q, k) rotated, same shapes and dtypes.
+            (q, k) rotated, same shapes, layout and dtypes.
         """
+        q, k = _to_bhtd("q", q, layout), _to_bhtd("k", k, layout)  # (B, H(_kv), T, D)
         for name, t in (("q", q), ("k", k)):
             self._check_input(name, t)
         if q.shape[0] != k.shape[0] or q.shape[-2:] != k.shape[-2:]:
@@ -634,7 +748,8 @@ class RotaryEmbedding(nn.Module):
                 and q.data_ptr() == k.data_ptr():
             raise ValueError("inplace=True needs q and k in separate storage (got the same tensor)")
         tables = self._tables_for(q, position_ids, offset)
-        return (self._rotate_one(q, tables, inplace), self._rotate_one(k, tables, inplace))
+        rq, rk = self._rotate_one(q, tables, inplace), self._rotate_one(k, tables, inplace)
+        return (rq, rk) if layout == "bhtd" else (rq.transpose(1, 2), rk.transpose(1, 2))
 
     def rotate(
         self,
@@ -642,16 +757,21 @@ class RotaryEmbedding(nn.Module):
         position_ids: torch.Tensor | None = None,
         *,
         inplace: bool = False,
-        offset: int = 0,
+        offset: int | torch.Tensor = 0,
+        layout: Layout = "bhtd",
     ) -> torch.Tensor:
-        """Rotate one (B, H, T, D) tensor: the queries and keys of a fused projection
-        viewed together as H + H_kv heads cost one call instead of two.
+        """Rotate one (B, H, T, D) tensor -- or (B, T, H, D) with ``layout="bthd"``,
+        e.g. ``qkv[:, :, 0]`` of a packed (B, T, 3, H, D) projection: the queries and
+        keys of a fused projection viewed together as H + H_kv heads cost one call
+        instead of two.
 
-        Arguments as :meth:`forward`; returns R x, x's shape and dtype.
+        Arguments as :meth:`forward`; returns R x, x's shape, layout and dtype.
         """
-        self._check_input("x", x)
+        xv = _to_bhtd("x", x, layout)  # (B, H, T, D)
+        self._check_input("x", xv)
         inplace = check_bool("inplace", inplace)
-        return self._rotate_one(x, self._tables_for(x, position_ids, offset), inplace)
+        out = self._rotate_one(xv, self._tables_for(xv, position_ids, offset), inplace)
+        return out if layout == "bhtd" else out.transpose(1, 2)
 
     def _check_input(self, name: str, t: torch.Tensor) -> None:
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -664,7 +784,7 @@ class RotaryEmbedding(nn.Module):
                 f"rotary dim ({self.dim}) is larger than the head dim ({t.shape[-1]}) of {name}")
 
     def _tables_for(
-        self, x: torch.Tensor, position_ids: torch.Tensor | None, offset: int
+        self, x: torch.Tensor, position_ids: torch.Tensor | None, offset: int | torch.Tensor
     ) -> _Tables:
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         return self._cos_sin_z(position_ids, x.shape[-2], x.device, offset, dtype, x.shape[0])

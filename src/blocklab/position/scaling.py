@@ -15,9 +15,15 @@ With theta_i = base^(-2i/d) the unscaled frequencies (d the rotary dim):
   the attention factor 0.1 ln(s) + 1, so every attention logit by its square.
 * llama3 (Meta, Llama 3.1): wavelengths longer than L / low_freq_factor are
   interpolated, those shorter than L / high_freq_factor kept, a smooth ramp between.
+* longrope (Ding et al. 2024, LongRoPE; Phi-3): each frequency has its own searched
+  rescale, theta_i / lambda_i, with lambda = short_factor while the current length
+  l = largest position + 1 is at most L and long_factor past it (so, like dynamic_ntk,
+  the frequencies depend on l); cos and sin are multiplied by the attention factor
+  sqrt(1 + ln(s) / ln(L)) (1 for s = 1).
 
 Frequencies are computed in float64. Each rule equals Hugging Face's
-``ROPE_INIT_FUNCTIONS`` for the same parameters ("dynamic" for dynamic_ntk; ntk is
+``ROPE_INIT_FUNCTIONS`` for the same parameters ("dynamic" for dynamic_ntk, "longrope"
+with ``factor`` = max_position_embeddings / original_max_position_embeddings; ntk is
 Hugging Face's "default" with ``rope_theta = base'``), checked in
 ``tests/position/test_scaling.py``.
 """
@@ -32,8 +38,8 @@ import torch
 
 __all__ = ["RopeScaling", "SCALING_KINDS"]
 
-ScalingKind = Literal["linear", "ntk", "dynamic_ntk", "yarn", "llama3"]
-SCALING_KINDS: tuple[str, ...] = ("linear", "ntk", "dynamic_ntk", "yarn", "llama3")
+ScalingKind = Literal["linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope"]
+SCALING_KINDS: tuple[str, ...] = ("linear", "ntk", "dynamic_ntk", "yarn", "llama3", "longrope")
 
 
 def _base_frequencies(dim: int, base: float) -> torch.Tensor:
@@ -50,15 +56,19 @@ class RopeScaling:
     """A RoPE scaling rule.
 
     Args:
-        kind: "linear", "ntk", "dynamic_ntk", "yarn" or "llama3".
+        kind: "linear", "ntk", "dynamic_ntk", "yarn", "llama3" or "longrope".
         factor: context extension factor s >= 1.
         original_max_seq_len: the training context length L.
         low_freq_factor, high_freq_factor: llama3 ramp bounds.
         beta_fast, beta_slow: yarn ramp bounds, in rotations over L.
-        attention_factor: yarn's cos/sin multiplier (default 0.1 ln(s) + 1, or
-            DeepSeek's mscale ratio when ``mscale`` and ``mscale_all_dim`` are set).
+        attention_factor: yarn's and longrope's cos/sin multiplier (yarn: default
+            0.1 ln(s) + 1, or DeepSeek's mscale ratio when ``mscale`` and
+            ``mscale_all_dim`` are set; longrope: sqrt(1 + ln(s) / ln(L))).
         mscale, mscale_all_dim: DeepSeek-style yarn attention factor.
         truncate: yarn rounds the ramp bounds to whole dims (Hugging Face's default).
+        short_factor, long_factor: longrope's per-frequency rescales (rotary dim / 2
+            numbers each), used up to and past L. For a Phi-3 config, ``factor`` is
+            max_position_embeddings / original_max_position_embeddings.
     """
 
     kind: ScalingKind
@@ -72,6 +82,8 @@ class RopeScaling:
     mscale: float | None = None
     mscale_all_dim: float | None = None
     truncate: bool = True
+    short_factor: tuple[float, ...] | None = None
+    long_factor: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SCALING_KINDS:
@@ -93,13 +105,34 @@ class RopeScaling:
                 raise ValueError(
                     f"yarn needs beta_fast ({self.beta_fast}) > beta_slow ({self.beta_slow}) > 0"
                 )
-            if self.attention_factor is not None and not self.attention_factor > 0:
-                raise ValueError(f"attention_factor ({self.attention_factor}) must be > 0")
+        if self.kind == "longrope":
+            self._check_longrope_factors()
+        if self.kind in ("yarn", "longrope") and self.attention_factor is not None and not (
+                self.attention_factor > 0):
+            raise ValueError(f"attention_factor ({self.attention_factor}) must be > 0")
+
+    def _check_longrope_factors(self) -> None:
+        for name in ("short_factor", "long_factor"):
+            value = getattr(self, name)
+            if value is None:
+                raise ValueError(f"longrope needs {name} (one rescale per rotary frequency)")
+            if isinstance(value, torch.Tensor):
+                value = value.tolist()
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or any(
+                    isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+                raise TypeError(f"{name} must be a sequence of numbers, got {value!r}")
+            value = tuple(float(v) for v in value)
+            if not value or not all(math.isfinite(v) and v > 0 for v in value):
+                raise ValueError(f"{name} must be non-empty, finite and > 0, got {value}")
+            object.__setattr__(self, name, value)  # frozen: tuples keep it hashable
+        if len(self.short_factor) != len(self.long_factor):
+            raise ValueError(f"short_factor ({len(self.short_factor)} values) and long_factor "
+                             f"({len(self.long_factor)}) must have one length")
 
     @property
     def is_dynamic(self) -> bool:
         """True when the frequencies depend on the current sequence length."""
-        return self.kind == "dynamic_ntk"
+        return self.kind in ("dynamic_ntk", "longrope")
 
     def inverse_frequencies(
         self, dim: int, base: float, seq_len: int | torch.Tensor | None = None
@@ -107,7 +140,7 @@ class RopeScaling:
         """(theta_i in float64, shape (dim/2,), attention factor) for a rotary dim and base.
 
         ``seq_len`` is the current length (largest position + 1) and matters only for
-        dynamic_ntk; it may be a 0-d tensor (traced under ``torch.compile``), else
+        dynamic_ntk and longrope; it may be a 0-d tensor (traced under ``torch.compile``), else
         the frequencies are those at the original length, the unscaled ones.
         """
         if dim <= 0 or dim % 2:
@@ -125,7 +158,29 @@ class RopeScaling:
             return self._dynamic(dim, base, seq_len), 1.0
         if self.kind == "yarn":
             return self._yarn(dim, base)
+        if self.kind == "longrope":
+            return self._longrope(dim, base, seq_len)
         return self._llama3(dim, base), 1.0
+
+    def _longrope(
+        self, dim: int, base: float, seq_len: int | torch.Tensor | None
+    ) -> tuple[torch.Tensor, float]:
+        s, L = float(self.factor), self.original_max_seq_len
+        short, long = self.short_factor, self.long_factor
+        if len(short) != dim // 2:
+            raise ValueError(f"longrope short_factor and long_factor have {len(short)} values, "
+                             f"the rotary dim {dim} needs dim / 2 = {dim // 2}")
+        if self.attention_factor is not None:
+            attention = float(self.attention_factor)
+        else:
+            attention = 1.0 if s <= 1 else math.sqrt(1 + math.log(s) / math.log(L))
+        theta = _base_frequencies(dim, base)
+        short_freq = theta / torch.tensor(short, dtype=torch.float64)
+        long_freq = theta / torch.tensor(long, dtype=torch.float64)
+        if isinstance(seq_len, torch.Tensor):  # traced: no host sync
+            dev = seq_len.device
+            return torch.where(seq_len > L, long_freq.to(dev), short_freq.to(dev)), attention
+        return (long_freq if seq_len is not None and int(seq_len) > L else short_freq), attention
 
     def _dynamic(self, dim: int, base: float, seq_len: int | torch.Tensor | None) -> torch.Tensor:
         s, L = float(self.factor), self.original_max_seq_len
