@@ -236,3 +236,16 @@ def test_missing_shard_is_named(tmp_path):
     shard.unlink()
     with pytest.raises(ValueError, match=f"{shard.name}, listed in .*index.json, is missing"):
         TransformerLM.from_pretrained(tmp_path)
+
+
+def test_longrope_is_refused_on_export(tmp_path) -> None:
+    from blocklab.models import TransformerConfig, TransformerLM
+    from blocklab.position import RopeScaling
+
+    half = 8  # head_dim 16 -> 8 frequencies
+    scaling = RopeScaling("longrope", 4.0, 32, short_factor=(1.0,) * half,
+                          long_factor=(2.0,) * half)
+    model = TransformerLM(TransformerConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2,
+                                            max_seq_len=128, rope_scaling=scaling))
+    with pytest.raises(ValueError, match="'longrope' cannot be exported"):
+        model.save_pretrained(tmp_path / "out")

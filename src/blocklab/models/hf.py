@@ -105,10 +105,16 @@ def _rope_to_hf(config: TransformerConfig) -> tuple[dict[str, Any], int]:
         for key in ("attention_factor", "mscale", "mscale_all_dim"):
             if getattr(s, key) is not None:
                 rope[key] = getattr(s, key)
-    else:  # llama3
+    elif s.kind == "llama3":
         rope.update(rope_type="llama3", factor=s.factor,
                     original_max_position_embeddings=s.original_max_seq_len,
                     low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor)
+    else:
+        # longrope (Phi-3) has no parity test against the Llama/Mistral/Qwen2 classes yet:
+        # refused rather than written as something transformers would read differently.
+        raise ValueError(f"rope scaling kind {s.kind!r} cannot be exported to a Hugging Face "
+                         "Llama/Mistral/Qwen2 config (supported: linear, ntk, dynamic_ntk, "
+                         "yarn, llama3)")
     return rope, max_pos
 
 
