@@ -138,6 +138,50 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.wo(out)
 
+    def decode(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        *,
+        mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Causal attention of T new tokens over a static cache, shapes fixed from
+        step to step (what ``torch.compile`` needs to compile one decoding step once).
+
+        The keys go in at ``cache.pos`` (:meth:`KVCache.write`) and the queries attend
+        over the whole buffer, the keys not yet filled hidden by :meth:`KVCache.key_mask`;
+        no host read of the position. The cache is not advanced.
+
+        Args:
+            x: (B, T, C).
+            cache: a KVCache; this layer's keys/values are written to it.
+            mask: bool, True = attend, broadcastable to (B, H, T, S_max) (left padding
+                over the whole buffer), or None.
+            position_ids: (T,) or (B, T) positions for RoPE; default ``cache.pos + t``.
+
+        Returns:
+            (B, T, C), equal to :meth:`forward` with ``causal=True`` on the same cache.
+        """
+        B, T, _ = x.shape
+        H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.wqkv(x).view(B, T, H + 2 * H_kv, D)  # query, key, value heads
+        qk = qkv[:, :, : H + H_kv].transpose(1, 2)  # (B, H + H_kv, T, D)
+        v = qkv[:, :, H + H_kv :].transpose(1, 2)  # (B, H_kv, T, D)
+        if self.rope is not None:
+            qk = self.rope.rotate(qk, position_ids, offset=cache.pos.reshape(1), inplace=True)
+        q, k = qk[:, :H], qk[:, H:]  # (B, H, T, D), (B, H_kv, T, D)
+        k, v = cache.write(self.layer_idx, k, v)  # (B, H_kv, S_max, D)
+        keys = cache.key_mask(T)  # (T, S_max)
+        if self.window is not None:
+            q_pos = cache.pos + torch.arange(T, device=x.device)  # (T,)
+            k_pos = torch.arange(cache.max_seq_len, device=x.device)  # (S_max,)
+            keys = keys & ((q_pos[:, None] - k_pos) < self.window)
+        mask = keys if mask is None else mask & keys  # (B or 1, 1, T, S_max)
+        out = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, H, T, D)
+        out = out.transpose(1, 2).reshape(B, T, H * D)
+        return self.wo(out)
+
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "

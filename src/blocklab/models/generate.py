@@ -4,15 +4,26 @@ The prompt is run once (prefill) and fills the cache; each further step runs one
 token per row and reads the cached keys and values. Temperature 0 is greedy
 (argmax); otherwise logits / temperature are filtered by top-k and nucleus (top-p,
 Holtzman et al. 2020) and sampled.
+
+With ``compile`` the one-token step (:meth:`TransformerLM.decode_step`: the whole
+static cache buffer, a key mask, the position a tensor) runs through ``torch.compile``
+once per model shape and is reused for every token and position (gpt-fast's recipe);
+the prefill stays eager, its length changes with the prompt.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
 from blocklab._checks import check_float, check_ids, check_int, check_tensor
 
-__all__ = ["generate", "sample_next"]
+__all__ = ["compiler_available", "generate", "sample_next"]
 
 
 def sample_next(
@@ -41,6 +52,47 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def compiler_available(device: torch.device | str) -> bool:
+    """Whether Inductor can generate code here: a C++ compiler on CPU, Triton on CUDA."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        names = [os.environ.get("CXX"), "c++", "g++", "clang++"]
+        return any(name and shutil.which(name) for name in names)
+    if kind == "cuda":
+        from torch.utils._triton import has_triton
+
+        return has_triton()
+    return False
+
+
+def _step(model, tokens, cache, position_ids, padding_mask) -> torch.Tensor:
+    """Last-position logits (B, V) of one decoding step."""
+    return model.decode_step(
+        tokens, cache, position_ids=position_ids, padding_mask=padding_mask)[:, -1]
+
+
+class _CompiledStep:
+    """:func:`_step` through ``torch.compile``; on the first failure (no compiler, an
+    unsupported op) a one-line warning, and eager steps from then on."""
+
+    def __init__(self, backend: str | Callable) -> None:
+        # fullgraph: a graph break would leave part of the step (and its cache writes)
+        # outside the graph; dynamic=False: the shapes are static, guard on them as such.
+        self.fn = torch.compile(_step, backend=backend, fullgraph=True, dynamic=False)
+
+    def __call__(self, *args) -> torch.Tensor:
+        if self.fn is not _step:
+            try:
+                return self.fn(*args)
+            except Exception as e:  # noqa: BLE001 -- any compile failure falls back
+                # fullgraph compiles before anything runs: the cache is untouched.
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                warnings.warn(f"generate: torch.compile failed ({type(e).__name__}: {first}); "
+                              "decoding eagerly", RuntimeWarning, stacklevel=3)
+                self.fn = _step
+        return _step(*args)
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -53,6 +105,8 @@ def generate(
     eos_token_id: int | None = None,
     attention_mask: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    compile: bool | Literal["auto"] = False,
+    backend: str | Callable = "inductor",
 ) -> torch.Tensor:
     """Continue ``input_ids`` (B, T) by up to ``max_new_tokens`` tokens.
 
@@ -66,6 +120,13 @@ def generate(
             padded with it and decoding stops when every row has finished.
         attention_mask: (B, T) 1 for real prompt tokens, 0 for left padding.
         generator: random generator for sampling.
+        compile: run the one-token step through ``torch.compile`` (compiled once, on
+            the first generated token, then reused): True, False (the default: no
+            compile time for short runs) or "auto" (when :func:`compiler_available`
+            on a CPU or CUDA model). Without a working compiler a warning is given
+            and decoding goes on eagerly; the tokens are the same either way.
+        backend: the ``torch.compile`` backend ("inductor" generates code; "eager"
+            and "aot_eager" only trace, for tests), or a backend callable.
 
     Returns:
         (B, T + n) with n <= max_new_tokens. An empty batch (B = 0) comes back as it
@@ -99,14 +160,25 @@ def generate(
             raise ValueError(
                 f"attention_mask must be (B, T) = {(B, T)}, got {tuple(attention_mask.shape)}"
             )
+    if compile not in (True, False, "auto"):
+        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
     if max_new_tokens == 0 or B == 0:
         return input_ids
+    if compile == "auto":
+        compile = compiler_available(input_ids.device)
+    step = _CompiledStep(backend) if compile else None
     was_training = model.training
     model.eval()
-    cache = model.make_cache(B, T + max_new_tokens)
+    S = T + max_new_tokens
+    if step is not None:
+        # The step compiles per cache shape: lengths rounded up to a power of two let
+        # runs of nearby lengths share one graph (keys past S stay masked).
+        limit = getattr(getattr(model, "config", None), "max_seq_len", S)
+        S = min(1 << (S - 1).bit_length(), max(S, limit))
+    cache = model.make_cache(B, S)
     padding_mask = position_ids = None
     if attention_mask is not None:
-        padding_mask = torch.ones(B, T + max_new_tokens, dtype=torch.bool, device=input_ids.device)
+        padding_mask = torch.ones(B, S, dtype=torch.bool, device=input_ids.device)
         padding_mask[:, :T] = attention_mask.bool()
         # Positions count real tokens only, as Hugging Face does for left padding.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -119,9 +191,13 @@ def generate(
     n = 0
     try:
         for n in range(max_new_tokens):
-            pm = None if padding_mask is None else padding_mask[:, : cache.length + tokens.shape[1]]
-            h = model.hidden_states(tokens, position_ids=position_ids, padding_mask=pm, cache=cache)
-            logits = model.lm_head(h[:, -1])  # (B, V): the prompt's other positions need none
+            if step is not None and n > 0:
+                logits = step(model, tokens, cache, position_ids, padding_mask)  # (B, V)
+            else:
+                pm = None if padding_mask is None else padding_mask[:, : cache.length + tokens.shape[1]]
+                h = model.hidden_states(tokens, position_ids=position_ids, padding_mask=pm,
+                                        cache=cache)
+                logits = model.lm_head(h[:, -1])  # (B, V): the prompt's other positions need none
             nxt = sample_next(
                 logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
             )

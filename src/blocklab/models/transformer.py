@@ -67,6 +67,20 @@ class Block(nn.Module):
         )
         return x + self.ffn(self.ffn_norm(x))
 
+    def decode(
+        self,
+        x: torch.Tensor,
+        cache: KVCache,
+        *,
+        mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`forward` over a static cache (see :meth:`Attention.decode`)."""
+        x = x + self.attn.decode(
+            self.attn_norm(x), cache, mask=mask, position_ids=position_ids
+        )
+        return x + self.ffn(self.ffn_norm(x))
+
 
 class TransformerLM(nn.Module):
     """Decoder-only language model.
@@ -241,6 +255,51 @@ class TransformerLM(nn.Module):
         if cache is not None:
             cache.advance(T)
         return self.norm(h)  # (B, T, C)
+
+    def decode_step(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache,
+        *,
+        position_ids: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of T new tokens after those in ``cache``, with shapes that do not
+        change from step to step: the step ``generate`` compiles once.
+
+        Every layer attends over the whole cache buffer, the keys not yet filled
+        masked (:meth:`KVCache.key_mask`), and the position stays a tensor, so a
+        compiled step is not recompiled per token or position. Eager calls check the
+        fit of the cache; compiled ones trust the caller (``generate`` sized it).
+
+        Args:
+            input_ids: (B, T) token ids in [0, vocab_size), usually T = 1.
+            cache: a KVCache from :meth:`make_cache`; it is filled and advanced by T.
+            position_ids: (T,) or (B, T); default continues after the cache.
+            padding_mask: (B, S_max) bool over the cache's whole buffer, True for real
+                tokens (left-padded batches), or None.
+
+        Returns:
+            logits (B, T, V), equal to :meth:`forward` with the same cache.
+        """
+        B, T = input_ids.shape
+        if not torch.compiler.is_compiling():
+            cfg = self.config
+            cache.check_fits(batch=B, n_kv_heads=cfg.kv_heads, head_dim=cfg.dim_head, new=T,
+                             n_layers=cfg.n_layers, what="input_ids and the model")
+            if padding_mask is not None and padding_mask.shape != (B, cache.max_seq_len):
+                raise ValueError(f"padding_mask must be (B, S_max) = {(B, cache.max_seq_len)}, "
+                                 f"got {tuple(padding_mask.shape)}")
+        mask = None if padding_mask is None else padding_mask.bool()[:, None, None, :]
+        h = self.embed(input_ids)  # (B, T, C)
+        if self.pos_embed is not None:
+            pos = position_ids if position_ids is not None else cache.pos + torch.arange(
+                T, device=h.device)
+            h = self.pos_embed(h, pos)
+        for layer in self.layers:
+            h = layer.decode(h, cache, mask=mask, position_ids=position_ids)
+        cache.advance(T)
+        return self.lm_head(self.norm(h))  # (B, T, V)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:

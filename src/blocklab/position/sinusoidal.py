@@ -52,7 +52,9 @@ class LearnedPositionalEmbedding(nn.Module):
         T = x.shape[1]
         if position_ids is None:
             position_ids = torch.arange(T, device=x.device)
-        top = int(position_ids.max()) + 1 if position_ids.numel() else 0
+        # No host read in a compiled decoding step (the caller sized the positions).
+        top = 0 if torch.compiler.is_compiling() or not position_ids.numel() else int(
+            position_ids.max()) + 1
         if top > self.max_seq_len:
             raise ValueError(
                 f"position {top - 1} is past the learned table (max_seq_len {self.max_seq_len})"
