@@ -118,15 +118,7 @@ class Attention(nn.Module):
         if cache is not None:
             cache.check_fits(batch=B, n_kv_heads=H_kv, head_dim=D, new=T, layer=self.layer_idx,
                              what="x and this layer")
-        qkv = self.wqkv(x).view(B, T, H + 2 * H_kv, D)  # query, key, value heads
-        qk = qkv[:, :, : H + H_kv].transpose(1, 2)  # (B, H + H_kv, T, D)
-        v = qkv[:, :, H + H_kv :].transpose(1, 2)  # (B, H_kv, T, D)
-        start = cache.length if cache is not None else 0
-        if self.rope is not None:
-            # Queries and keys rotate together, in place: one pass over fresh projections.
-            # (Slicing, not split(): autograd allows in-place changes to plain views.)
-            qk = self.rope.rotate(qk, position_ids, offset=start, inplace=True)
-        q, k = qk[:, :H], qk[:, H:]  # (B, H, T, D), (B, H_kv, T, D)
+        q, k, v = self._project(x, position_ids, cache.length if cache is not None else 0)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, start + T, D)
         S = k.shape[2]
@@ -164,13 +156,7 @@ class Attention(nn.Module):
             (B, T, C), equal to :meth:`forward` with ``causal=True`` on the same cache.
         """
         B, T, _ = x.shape
-        H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.wqkv(x).view(B, T, H + 2 * H_kv, D)  # query, key, value heads
-        qk = qkv[:, :, : H + H_kv].transpose(1, 2)  # (B, H + H_kv, T, D)
-        v = qkv[:, :, H + H_kv :].transpose(1, 2)  # (B, H_kv, T, D)
-        if self.rope is not None:
-            qk = self.rope.rotate(qk, position_ids, offset=cache.pos.reshape(1), inplace=True)
-        q, k = qk[:, :H], qk[:, H:]  # (B, H, T, D), (B, H_kv, T, D)
+        q, k, v = self._project(x, position_ids, cache.pos.reshape(1))
         k, v = cache.write(self.layer_idx, k, v)  # (B, H_kv, S_max, D)
         keys = cache.key_mask(T)  # (T, S_max)
         if self.window is not None:
@@ -179,8 +165,22 @@ class Attention(nn.Module):
             keys = keys & ((q_pos[:, None] - k_pos) < self.window)
         mask = keys if mask is None else mask & keys  # (B or 1, 1, T, S_max)
         out = scaled_dot_product_attention(q, k, v, mask=mask)  # (B, H, T, D)
-        out = out.transpose(1, 2).reshape(B, T, H * D)
-        return self.wo(out)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+    def _project(self, x: torch.Tensor, position_ids: torch.Tensor | None,
+                 offset: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q (B, H, T, D), k and v (B, H_kv, T, D) of ``x`` (B, T, C), q and k rotated
+        from ``offset``."""
+        B, T, _ = x.shape
+        H, H_kv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.wqkv(x).view(B, T, H + 2 * H_kv, D)  # query, key, value heads
+        qk = qkv[:, :, : H + H_kv].transpose(1, 2)  # (B, H + H_kv, T, D)
+        v = qkv[:, :, H + H_kv :].transpose(1, 2)  # (B, H_kv, T, D)
+        if self.rope is not None:
+            # Queries and keys rotate together, in place: one pass over fresh projections.
+            # (Slicing, not split(): autograd allows in-place changes to plain views.)
+            qk = self.rope.rotate(qk, position_ids, offset=offset, inplace=True)
+        return qk[:, :H], qk[:, H:], v
 
     def extra_repr(self) -> str:
         return (
