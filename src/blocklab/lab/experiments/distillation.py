@@ -67,7 +67,7 @@ from blocklab.lab.estimate import (  # noqa: E402
     paired_diff,
     speedup,
 )
-from blocklab.lab.plot import yerr  # noqa: E402
+from blocklab.lab.plot import band, yerr  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.train import (  # noqa: E402
     TrainHistory,
@@ -431,13 +431,9 @@ def plot_lm(lm: dict, est: dict[str, Estimate], scale: Scale, ctx: Context) -> s
              label="teacher (one run)")
     for name, runs in lm["curves"].items():
         steps = runs[0].eval_steps
-        points = [mean_ci([r.eval_losses[i] for r in runs]) for i in range(len(steps))]
         label = "student alone" if name == "scratch" else f"distilled student ({name})"
-        line, = ax1.plot(steps, [e.value for e in points], "o-",
-                         label=f"{label}, mean of {len(runs)}")
-        if all(math.isfinite(e.low) for e in points):
-            ax1.fill_between(steps, [e.low for e in points], [e.high for e in points],
-                             color=line.get_color(), alpha=0.2)
+        band(ax1, steps, [r.eval_losses for r in runs], "o-",
+             label=f"{label}, mean of {len(runs)}")
     curve_tokens = max(1, scale.lm_eval_batches // 4) * 16 * scale.lm_seq
     ax1.set_xlabel("training step")
     ax1.set_ylabel(f"validation loss, first {curve_tokens:,} tokens (nats/byte)")

@@ -72,7 +72,7 @@ from blocklab.lab.estimate import (  # noqa: E402
     slope_ci,
     speedup,
 )
-from blocklab.lab.plot import errorbars  # noqa: E402
+from blocklab.lab.plot import band, errorbars  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -460,14 +460,8 @@ def _curves(ax, curves: dict[str, list[Curve]], kinds: dict[str, str], chance: f
             title: str) -> None:
     for i, (kind, label) in enumerate(kinds.items()):
         runs = curves[kind]
-        steps = runs[0][0]
-        ests = [mean_ci([r[1][j] for r in runs]) for j in range(len(steps))]
-        mid = [e.value for e in ests]
-        line, = ax.plot(steps, mid, "-" if i == 0 else "--", label=f"{label} (mean)")
-        if len(runs) > 1:
-            ax.fill_between(steps, [max(e.low, 0) for e in ests],
-                            [min(e.high, 1) for e in ests], color=line.get_color(),
-                            alpha=0.25, lw=0)
+        band(ax, runs[0][0], [r[1] for r in runs], "-" if i == 0 else "--", clip=(0, 1),
+             alpha=0.25, label=f"{label} (mean)")
     ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
     ax.set_xlabel("training step")
     ax.set_ylabel("held-out accuracy")
@@ -483,13 +477,13 @@ def plot_speed_quality(timings: dict[int, dict[str, Timing]], curves: dict[str, 
     x = np.arange(len(lengths))
     for offset, kind, label in ((-0.2, "dot", "scaled dot-product (SDPA)"),
                                 (0.2, "additive", "additive (tanh)")):
-        ests = [median_ci([s * 1e3 for s in timings[t][kind].wall]) for t in lengths]
+        ests = [median_ci([s * 1e3 for s in timings[t][kind].seconds]) for t in lengths]
         ax1.bar(x + offset, [e.value for e in ests], 0.4, label=label,
                 yerr=[[e.value - e.low for e in ests], [e.high - e.value for e in ests]],
                 capsize=3)
     for i, t in enumerate(lengths):
         est = speedup(timings[t], slow="additive", fast="dot")
-        ax1.text(x[i] + 0.2, statistics.median(timings[t]["additive"].wall) * 1e3,
+        ax1.text(x[i] + 0.2, timings[t]["additive"].median * 1e3,
                  f"{est:.2g}x", ha="center", va="bottom", fontsize=9)
     ax1.set_xticks(x, [f"T=S={t}" for t in lengths])
     ax1.set_yscale("log")
@@ -538,8 +532,8 @@ def run(ctx: Context) -> Outcome:
 
     timings = measure_speed(scale, ctx)
     for t, pair in timings.items():
-        metrics[f"dot_ms_T{t}"] = median_ci([s * 1e3 for s in pair["dot"].wall])
-        metrics[f"additive_ms_T{t}"] = median_ci([s * 1e3 for s in pair["additive"].wall])
+        metrics[f"dot_ms_T{t}"] = median_ci([s * 1e3 for s in pair["dot"].seconds])
+        metrics[f"additive_ms_T{t}"] = median_ci([s * 1e3 for s in pair["additive"].seconds])
         metrics[f"speedup_T{t}"] = speedup(pair, slow="additive", fast="dot")
 
     seeds = ctx.seeds(scale.seeds)

@@ -58,7 +58,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from blocklab.data import corpus_tokens  # noqa: E402
 from blocklab.ffn import GLU_ACTIVATIONS, ffn_hidden_dim  # noqa: E402
 from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
-from blocklab.lab.estimate import Check, Estimate, exact, mean_ci, paired_diff  # noqa: E402
+from blocklab.lab.estimate import Check, Estimate, exact, mean_ci, paired_diff, slope_ci  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.train import evaluate_lm, train_lm  # noqa: E402
 
@@ -261,8 +261,8 @@ def train_one(activation: str, expansion: float, seed: int, scale: Scale, ctx: C
 
 
 def loss_slope(ratios: list[float], losses: list[float]) -> float:
-    """Least-squares slope of the loss on log2 r: the change per doubling of r."""
-    return float(np.polyfit(np.log2(ratios), losses, 1)[0])
+    """Least-squares slope of the loss (not its log) on log2 r: the change per doubling."""
+    return slope_ci(np.log2(ratios).tolist(), losses, log=False).value
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:

@@ -261,17 +261,13 @@ def measure_cost(scale: Scale, ctx: Context) -> dict[str, dict[int, dict]]:
     return res
 
 
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of log y against log x."""
-    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
-
-
 def time_exponents(timings: dict[int, dict[str, Timing]], kind: str) -> list[float]:
     """One growth exponent per interleaved round: the slope of log time on log L over
     the lengths, round i of every length taken together (for paired comparisons)."""
     lengths = sorted(timings)
-    rounds = len(timings[lengths[0]][kind].wall)
-    return [slope(lengths, [timings[n][kind].wall[i] for n in lengths]) for i in range(rounds)]
+    rounds = len(timings[lengths[0]][kind].seconds)
+    return [slope_ci(lengths, [timings[n][kind].seconds[i] for n in lengths]).value
+            for i in range(rounds)]
 
 
 # ------------------------------------------------------------------ (c) attention
@@ -379,7 +375,7 @@ def plot_cost_accuracy(acc: dict[tuple[str, str], list[float]], metrics: dict,
                          label=f"{kind} (exponent {metrics[f'time_slope_{kind}'].text('.2f')})")
         mem = [metrics[f"mem_{kind}_L{n}"] / 2**20 for n in lengths]
         if all(m > 0 for m in mem):
-            axes[2].plot(lengths, mem, style, label=f"{kind} (slope {slope(lengths, mem):.2f})")
+            axes[2].plot(lengths, mem, style, label=f"{kind} (slope {slope_ci(lengths, mem).value:.2f})")
     for ax, label in ((axes[1], "ms per training step (1 thread): median, interval"),
                       (axes[2], "peak memory of a step (MiB; one count, exact)")):
         ax.set_xscale("log", base=2)
@@ -445,12 +441,12 @@ def run(ctx: Context) -> Outcome:
     L = lengths[-1]
     for n in lengths:
         for kind in CLASSIFIER_KINDS:
-            metrics[f"ms_{kind}_L{n}"] = median_ci([t * 1e3 for t in cost["timings"][n][kind].wall])
+            metrics[f"ms_{kind}_L{n}"] = median_ci([t * 1e3 for t in cost["timings"][n][kind].seconds])
             metrics[f"mem_{kind}_L{n}"] = cost["mem"][n][kind]
     exponents = {kind: time_exponents(cost["timings"], kind) for kind in CLASSIFIER_KINDS}
     for kind in CLASSIFIER_KINDS:
-        xs = [n for n in lengths for _ in cost["timings"][n][kind].wall]
-        ys = [t for n in lengths for t in cost["timings"][n][kind].wall]
+        xs = [n for n in lengths for _ in cost["timings"][n][kind].seconds]
+        ys = [t for n in lengths for t in cost["timings"][n][kind].seconds]
         metrics[f"time_slope_{kind}"] = slope_ci(xs, ys)
     gap = paired_diff(exponents["flat"], exponents["hierarchical"])
     metrics["time_slope_gap_flat_minus_hierarchical"] = gap

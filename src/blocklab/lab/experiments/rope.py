@@ -70,6 +70,7 @@ import torch  # noqa: E402
 from blocklab.data import corpus_tokens  # noqa: E402
 from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
 from blocklab.lab.estimate import Check, Estimate, exact, mean_ci, ratio_ci  # noqa: E402
+from blocklab.lab.plot import band  # noqa: E402
 from blocklab.models import TransformerConfig, TransformerLM  # noqa: E402
 from blocklab.position import RopeScaling, RotaryEmbedding, sinusoidal_embedding  # noqa: E402
 from blocklab.train import evaluate_lm, train_lm  # noqa: E402
@@ -348,19 +349,6 @@ def ratio_at(ppl: Runs, name: str, m: int) -> Estimate:
 
 # ----------------------------------------------------------------------------- figures
 
-def _band(curves: list[torch.Tensor]) -> tuple[list[float], list[float], list[float]]:
-    """Per point: mean and 95% interval over the repetitions (NaN where undefined)."""
-    mids, lows, highs = [], [], []
-    for i in range(len(curves[0])):
-        vals = [float(c[i]) for c in curves if not math.isnan(float(c[i]))]
-        est = mean_ci(vals) if vals else None
-        ok = est is not None and math.isfinite(est.low)
-        mids.append(est.value if est else math.nan)
-        lows.append(est.low if ok else math.nan)
-        highs.append(est.high if ok else math.nan)
-    return mids, lows, highs
-
-
 def plot_decay(distances: torch.Tensor, curves: dict[str, torch.Tensor],
                trained: dict[str, list[torch.Tensor]], rel: dict[str, list[float]],
                scale: Scale, ctx: Context) -> str:
@@ -379,13 +367,9 @@ def plot_decay(distances: torch.Tensor, curves: dict[str, torch.Tensor],
     ax1.legend(fontsize=8)
 
     for name, runs in trained.items():
-        mid, low, high = _band(runs)
-        xs = list(range(len(mid)))
         label = f"{name} (mean, 95% band over {len(runs)} seeds)" if len(runs) > 1 else (
             f"{name} (one seed)")
-        line, = ax2.plot(xs, mid, label=label)
-        if len(runs) > 1:
-            ax2.fill_between(xs, low, high, color=line.get_color(), alpha=0.25, lw=0)
+        band(ax2, list(range(len(runs[0]))), runs, label=label, alpha=0.25)
     ax2.axhline(0, color="grey", lw=0.6)
     ax2.axvline(scale.context, color="grey", lw=0.8, ls=":")
     ax2.text(scale.context, ax2.get_ylim()[1], " L (longest distance trained)", va="top",

@@ -19,7 +19,7 @@ from blocklab.lab.experiments.sparsity import (  # noqa: E402
     Rep,
     Scale,
 )
-from blocklab.lab.plot import errorbars
+from blocklab.lab.plot import band, errorbars
 
 
 def plot_l1(reps: list[Rep], scale: Scale, ctx: Context) -> str:
@@ -74,11 +74,8 @@ def plot_relu(reps: list[Rep], lm_runs, ctx: Context) -> str:
                lambda i, n: n.replace("layers.", "block ").replace(".ffn", " FFN")))
     for ax, probes, steps, title, names in panels:
         for i, name in enumerate(probes[0]):
-            bands = [mean_ci([100 * p[name][j] for p in probes]) for j in range(len(steps))]
-            ax.plot(steps, [b.value for b in bands], "o-", ms=3, color=f"C{i}",
-                    label=names(i, name))
-            ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands],
-                            color=f"C{i}", alpha=0.2)
+            band(ax, steps, [p[name] for p in probes], "o-", k=100, ms=3, color=f"C{i}",
+                 label=names(i, name))
         ax.axhline(100 * (1 - T5_NONZERO), color="black", ls="--", lw=1,
                    label="T5-Base MLPs: 97% zeros")
         ax.axhline(100 * RELU_MIN_ZEROS, color="grey", ls=":", lw=1, label="most zero above")
