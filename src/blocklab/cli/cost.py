@@ -105,6 +105,12 @@ def _run(args: argparse.Namespace) -> int:
         return _error(str(err))
     print(format_report(cost))
     if not args.no_plot:
+        from blocklab._extras import missing_extra
+
+        message = missing_extra("lab", "the plot")
+        if message:
+            print(f"no plot: {message}")
+            return 0
         stem = (args.model or Path(args.config).stem).replace("/", "_")
         path = Path(args.plot) if args.plot else Path(f"cost-{stem}.png")
         plot_cost(config, seq_len, batch=args.batch, dtype=dtype, causal=args.causal, path=path)

@@ -102,6 +102,12 @@ def _run_lab(args: argparse.Namespace) -> int:
     if args.check:
         return _check_report(args.out)
 
+    from blocklab._extras import missing_extra
+
+    message = missing_extra("lab", "blocklab lab")
+    if message:
+        return usage_error("lab", message)
+
     import torch
 
     from blocklab.lab import experiments as registry
