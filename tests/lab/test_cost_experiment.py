@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from blocklab.cost.presets import REAL_MODELS
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import Estimate, verdict_of
 from blocklab.lab.experiments import cost
 
@@ -24,6 +24,7 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     smoke = cost.SCALES["smoke"]
     monkeypatch.setitem(cost.SCALES, "quick", smoke)
     outcome = cost.EXPERIMENT.run(Context(quick=True, out_dir=tmp_path))
+    card_rows(cost.EXPERIMENT.card_items, outcome.checks)  # the card mapping fits the run
 
     names = {c.name for c in outcome.checks}
     expected = {f"{p} time exponent in {a}" for a, p in cost.EXPONENTS} | {

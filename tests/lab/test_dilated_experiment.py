@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import Estimate, Timing, verdict_of
 from blocklab.lab.experiments import dilated as dl
 
@@ -20,6 +20,7 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     smoke = dl.SCALES["smoke"]
     monkeypatch.setitem(dl.SCALES, "quick", smoke)
     outcome = dl.EXPERIMENT.run(Context(quick=True, out_dir=tmp_path))
+    card_rows(dl.EXPERIMENT.card_items, outcome.checks)  # the card mapping fits the run
 
     assert outcome.verdict in VERDICTS
     assert outcome.verdict == verdict_of(outcome.checks)

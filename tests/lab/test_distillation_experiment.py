@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import verdict_of
 from blocklab.lab.experiments import distillation, load_experiment
 
@@ -46,6 +46,7 @@ def test_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     experiment = load_experiment("distillation")
     assert experiment.card == "DL0050"
     outcome = experiment.run(Context(quick=True, out_dir=tmp_path, seed=0))
+    card_rows(experiment.card_items, outcome.checks)  # the card mapping fits the run
     assert outcome.verdict in VERDICTS
     assert outcome.verdict == verdict_of(outcome.checks)
     assert len(outcome.checks) == 7 and sum(c.counted for c in outcome.checks) == 4

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import Estimate, mean_ci, ratio_ci, verdict_of
 from blocklab.lab.experiments import dot_product as dp
 from tests.conftest import assert_close
@@ -19,6 +19,7 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     smoke = dp.SCALES["smoke"]
     monkeypatch.setitem(dp.SCALES, "quick", smoke)
     outcome = dp.EXPERIMENT.run(Context(quick=True, out_dir=tmp_path))
+    card_rows(dp.EXPERIMENT.card_items, outcome.checks)  # the card mapping fits the run
 
     assert outcome.verdict in VERDICTS
     expected = {"area_dot", "area_additive", "area_gap", "area_scaled_wide",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import verdict_of
 from blocklab.lab.experiments import focal, load_experiment
 
@@ -66,6 +66,7 @@ def test_smoke_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     experiment = load_experiment("focal")
     assert experiment.card == "DL0047"
     outcome = experiment.run(Context(quick=True, out_dir=tmp_path, seed=0))
+    card_rows(experiment.card_items, outcome.checks)  # the card mapping fits the run
     assert outcome.verdict in VERDICTS
     assert outcome.verdict == verdict_of(outcome.checks)
     assert [c.counted for c in outcome.checks] == [False, False, True, True, True]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import Estimate, Timing, verdict_of
 from blocklab.lab.experiments import hierarchical as hl
 from blocklab.models.classifier import CLASSIFIER_KINDS
@@ -18,6 +18,7 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     smoke = hl.SCALES["smoke"]
     monkeypatch.setitem(hl.SCALES, "quick", smoke)
     outcome = hl.EXPERIMENT.run(Context(quick=True, out_dir=tmp_path))
+    card_rows(hl.EXPERIMENT.card_items, outcome.checks)  # the card mapping fits the run
 
     assert outcome.verdict in VERDICTS
     assert outcome.verdict == verdict_of(outcome.checks)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from blocklab.data import corpus_tokens
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import Estimate, verdict_of
 from blocklab.lab.experiments import mqa
 from blocklab.models import TransformerLM
@@ -22,6 +22,7 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(mqa.SCALES, "quick", smoke)
     threads = torch.get_num_threads()
     outcome = mqa.EXPERIMENT.run(Context(quick=True, out_dir=tmp_path))
+    card_rows(mqa.EXPERIMENT.card_items, outcome.checks)  # the card mapping fits the run
     assert torch.get_num_threads() == threads  # one_thread() restores the setting
 
     assert outcome.verdict in VERDICTS

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import Estimate, exact, ratio_ci
 from blocklab.lab.experiments import load_experiment
 from blocklab.lab.experiments import rope as rope_exp
@@ -24,9 +24,10 @@ def test_runs_at_smoke_scale(smoke, tmp_path):
     assert experiment.card == "DL0052"
     assert set(experiment.seconds) == {"quick", "full"}
     out = experiment.run(Context(quick=True, out_dir=tmp_path, seed=1))
+    card_rows(experiment.card_items, out.checks)  # the card mapping fits the run
     assert out.verdict in VERDICTS
     assert torch.get_num_threads() == threads  # the one-thread section restores it
-    assert len(out.figures) == 2
+    assert len(out.figures) == 3
     for rel in out.figures:
         assert (tmp_path / rel).stat().st_size > 1000
     names = [c.name for c in out.checks]
@@ -52,6 +53,7 @@ def test_runs_at_smoke_scale(smoke, tmp_path):
             assert math.isfinite(m[f"ppl_{name}_{mult}L"]), (name, mult)
     assert m["rel_dev_fp32"] < rope_exp.MAX_REL_DEV_FP32  # exact even at smoke scale
     assert m["far_error_fp32"] < 1e-5 < 1e-2 < m["far_error_hf_fp32_angles"]
+    assert m["abs_dependence_rope"] < rope_exp.MAX_ABS_DEPENDENCE < m["abs_dependence_sinusoidal"]
     assert "counted checks hold" in out.evidence
 
 
@@ -68,10 +70,38 @@ def test_decay_curves():
     assert torch.allclose(sin, torch.cos(r.double()[:, None] * theta).mean(-1), atol=1e-6)
 
 
+def test_absolute_dependence_tells_relative_from_absolute_position():
+    assert rope_exp.absolute_dependence(torch.full((5,), -3.0)) == 0.0
+    # std (n - 1) of (1, 3) is sqrt(2), mean |score| 2
+    assert rope_exp.absolute_dependence(torch.tensor([1.0, 3.0])) == pytest.approx(
+        math.sqrt(2) / 2)
+    for seed in range(3):
+        for dim in (16, 128):
+            scores = rope_exp.fixed_distance_scores(dim, torch.Generator().manual_seed(seed))
+            assert scores["rope"].shape == scores["sinusoidal"].shape == (
+                rope_exp.FIXED_POSITIONS,)
+            # RoPE: the same score at every absolute position, to fp64 rounding.
+            assert rope_exp.absolute_dependence(scores["rope"]) < 1e-12
+            # Sinusoidal PE added to q and k: the cross terms q.PE(n) move with n.
+            assert rope_exp.absolute_dependence(scores["sinusoidal"]) > 0.05
+    # The RoPE curve is the score at distance 8 itself: <R_8 q, R_0 k> at n = 0.
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 1, 16, generator=g, dtype=torch.float64)
+    k = torch.randn(1, 1, 1, 16, generator=g, dtype=torch.float64)
+    theta = 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    c, s = torch.cos(8 * theta), torch.sin(8 * theta)
+    q1, q2 = q[0, 0, 0, :8], q[0, 0, 0, 8:]  # half-split pairs (i, i + D/2)
+    rq = torch.cat((q1 * c - q2 * s, q1 * s + q2 * c))
+    expected = float(rq @ k[0, 0, 0])
+    got = rope_exp.fixed_distance_scores(16, torch.Generator().manual_seed(0))["rope"][0]
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
 def _metrics(r2: list[float], r4: list[float]) -> dict:
     return {"ppl_ratio_2L_rope": ratio_ci(r2, [1.0] * len(r2)),
             "ppl_ratio_4L_rope": ratio_ci(r4, [1.0] * len(r4)),
-            "rel_dev_fp32": 1e-8, "bound_ratio": 0.2, "sinusoidal_score_ratio": 0.3}
+            "rel_dev_fp32": 1e-8, "bound_ratio": 0.2, "sinusoidal_score_ratio": 0.3,
+            "abs_dependence_rope": 1e-15, "abs_dependence_sinusoidal": 0.2}
 
 
 def _verdict(metrics: dict) -> str:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from blocklab.lab import experiments as registry
-from blocklab.lab.base import VERDICTS, Context
+from blocklab.lab.base import VERDICTS, Context, card_rows
 from blocklab.lab.estimate import Check, Estimate, exact, verdict_of
 from blocklab.lab.experiments import sparsity as sp
 from blocklab.sparsity import magnitude_prune
@@ -32,6 +32,7 @@ def test_run_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     smoke = sp.SCALES["smoke"]
     monkeypatch.setitem(sp.SCALES, "quick", smoke)
     outcome = sp.EXPERIMENT.run(Context(quick=True, out_dir=tmp_path))
+    card_rows(sp.EXPERIMENT.card_items, outcome.checks)  # the card mapping fits the run
 
     assert {c.name for c in outcome.checks} == CHECK_NAMES
     for check in outcome.checks:

@@ -10,6 +10,7 @@ is computed from those checks by :func:`verdict_of` -- never a constant.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ VERDICT_MEANING: dict[str, str] = {
 }
 
 T = TypeVar("T")
+
+# The report shows figures at most 1100 px wide (its page width); save_figure writes
+# them at dpi 110, so a wider figure would be shrunk and its text become unreadable.
+MAX_FIGURE_INCHES = 10.0
 
 
 def _no_progress(items: Iterable[T], desc: str = "", total: int | None = None) -> Iterator[T]:
@@ -77,6 +82,12 @@ class Context:
         path relative to ``out_dir`` (what an Outcome lists)."""
         import matplotlib.pyplot as plt
 
+        width = fig.get_figwidth()
+        if width > MAX_FIGURE_INCHES:
+            plt.close(fig)
+            raise ValueError(f"figure {name!r} is {width:g} inches wide; the report shows at "
+                             f"most MAX_FIGURE_INCHES ({MAX_FIGURE_INCHES:g}) without "
+                             "shrinking its text")
         path, rel = self.figure_path(name)
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
@@ -110,6 +121,66 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class CardItem:
+    """One numbered characteristic or claim of the concept card, and what answers it.
+
+    Attributes:
+        text: the item, in the card's words or close to them.
+        checks: names of the :class:`Check` s the experiment produces for it (counted
+            ones decide the verdict; context ones show a property that holds by
+            construction); a ``*`` stands for what changes with the scale (a length).
+        untested: why the item has no counted check -- it is a definition, holds by
+            construction (then it lives in the test suite), or cannot be measured at
+            this scale. Required when ``checks`` is empty or names no counted check
+            (see :func:`card_rows`).
+    """
+
+    text: str
+    checks: tuple[str, ...] = ()
+    untested: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ValueError(f"text ({self.text!r}) must be a non-empty string")
+        if isinstance(self.checks, str) or not all(isinstance(c, str) for c in self.checks):
+            raise TypeError(f"checks ({self.checks!r}) must be a tuple of check names")
+        if not self.checks and not self.untested.strip():
+            raise ValueError(f"card item {self.text!r} needs checks or an untested reason")
+
+
+def card_rows(items: Iterable[CardItem], checks: Iterable[Check]) -> list[dict[str, Any]]:
+    """The card items with the status of the checks that answer them, for the report.
+
+    Raises:
+        ValueError: an item names a check the run did not produce; a counted check
+            answers no item (a verdict must rest on the card's claims only); an item
+            whose checks are all context has no ``untested`` reason.
+    """
+    by_name = {c.name: c for c in checks}
+    rows: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for item in items:
+        answered: list[Check] = []
+        for pattern in item.checks:
+            found = [c for name, c in by_name.items() if fnmatch.fnmatchcase(name, pattern)]
+            if not found:
+                raise ValueError(f"card item {item.text!r} names checks the run did not "
+                                 f"produce: {pattern!r}; produced: {sorted(by_name)}")
+            answered += [c for c in found if c not in answered]
+        used.update(c.name for c in answered)
+        if not any(c.counted for c in answered) and not item.untested.strip():
+            raise ValueError(f"card item {item.text!r} has only context checks and no "
+                             "untested reason")
+        rows.append({"item": item.text, "untested": item.untested,
+                     "checks": [{"name": c.name, "counted": c.counted, "status": c.status}
+                                for c in answered]})
+    orphans = [c.name for c in by_name.values() if c.counted and c.name not in used]
+    if orphans:
+        raise ValueError(f"counted checks answer no card item: {orphans}")
+    return rows
+
+
+@dataclass(frozen=True)
 class Experiment:
     """An experiment of the lab: one concept card, one claim, one ``run``."""
 
@@ -121,6 +192,9 @@ class Experiment:
     # Seconds on 2 idle CPU cores, measured and written down by hand: the runner prints
     # their sum before a run and `blocklab lab --help` lists them.
     seconds: dict[str, float] = field(default_factory=dict)
+    # The card's items, each mapped to the checks that answer it or to why none does;
+    # the runner validates the mapping against every run (:func:`card_rows`).
+    card_items: tuple[CardItem, ...] = ()
 
 
 @contextlib.contextmanager

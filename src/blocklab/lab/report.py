@@ -37,7 +37,7 @@ font-weight:600;white-space:nowrap}.card{color:#656d76;font-weight:normal;font-s
 .env td:first-child{font-weight:600}img{max-width:100%;border:1px solid #d0d7de;margin:.5em 0}
 pre{background:#fff0f0;padding:1em;overflow-x:auto;font-size:.85em}
 code{background:#f6f8fa;padding:.1em .3em}
-.run{color:#656d76;font-size:.85em}tr.context td{color:#656d76}
+.run{color:#656d76;font-size:.85em}tr.context td,span.context{color:#656d76}
 details{margin:1em 0}summary{cursor:pointer;color:#0969da}
 """
 
@@ -156,6 +156,24 @@ def _checks_table(checks: list[dict[str, Any]]) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _card_table(rows: list[dict[str, Any]]) -> str:
+    """The card's items, each with the checks that answer it (status badges; context
+    checks greyed) or why nothing at this scale does."""
+    body = []
+    for row in rows:
+        answers = []
+        for check in row.get("checks") or []:
+            name = escape(str(check.get("name", "")))
+            answers.append(f"{name} {_badge(check.get('status', ''))}" if check.get("counted")
+                           else f'<span class="context">{name} (context)</span>')
+        cells = (escape(str(row.get("item", ""))), "<br>".join(answers) or "&mdash;",
+                 escape(row.get("untested") or ""))
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("card item", "answered by", "not counted because"))
+    return (f"<details open><summary>The card, item by item</summary><table><tr>{head}</tr>"
+            f"{''.join(body)}</table></details>")
+
+
 def _run_line(record: dict[str, Any]) -> str:
     run = record.get("run") or {}
     parts = [f"{k} {run[k]}" for k in ("date", "scale", "seed", "device", "threads")
@@ -203,6 +221,8 @@ def _section(record: dict[str, Any], out_dir: Path | None = None) -> str:
     parts.append(_run_line(record))
     if record.get("checks"):
         parts.append(_checks_table(record["checks"]))
+    if record.get("card_items"):
+        parts.append(_card_table(record["card_items"]))
     if record.get("evidence"):
         parts.append(f"<p>{escape(record['evidence'])}</p>")
     for figure in record.get("figures") or []:

@@ -33,7 +33,7 @@ import torch
 
 import blocklab
 from blocklab.lab import experiments as registry
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads
+from blocklab.lab.base import Context, Experiment, Outcome, card_rows, torch_threads
 from blocklab.lab.estimate import Check, Estimate, Timing
 from blocklab.lab.report import write_html
 
@@ -246,9 +246,12 @@ def _run_one(experiment_id: str, ctx: Context, show: bool,
                 f"experiment {experiment_id!r} must return an Outcome, "
                 f"got {type(outcome).__name__}"
             )
+        rows = card_rows(experiment.card_items, outcome.checks) if experiment.card_items \
+            else []
         record.update(
             verdict=outcome.verdict,
             evidence=outcome.evidence,
+            card_items=rows,
             checks=to_jsonable(outcome.checks),
             metrics=to_jsonable(outcome.metrics),
             figures=_normalise_figures(outcome.figures, ctx.out_dir),

@@ -64,6 +64,12 @@ def check_results(results: dict[str, Any]) -> list[str]:
                                 f"its estimate and threshold give {check.status!r}")
             if check.counted and check.estimate.n < 1:
                 problems.append(f"{rid}: check {check.name!r} has no raw repetitions")
+        mapped = {c.get("name") for row in record.get("card_items") or []
+                  for c in row.get("checks") or []}
+        if record.get("card_items"):
+            for check in checks:
+                if check.counted and check.name not in mapped:
+                    problems.append(f"{rid}: counted check {check.name!r} answers no card item")
         if checks and verdict in VERDICTS:
             try:
                 expected = verdict_of(checks)

@@ -34,6 +34,9 @@ processes sharing the machine do not stretch, wall time on CUDA):
 (e) multi-head vs single-head: the whole layer with H = d / D heads against one head of
     width d at (n_fixed, d_fixed), paired by round. And the table of real models
     (parameters, FLOPs per token, the n^2 d share at their context, KV cache per token).
+
+The card's numbered items -- each mapped to the checks that answer it, or to the reason
+none is counted -- are ``CARD_ITEMS`` below; the report shows them item by item.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from blocklab.cost.flops import attention_cost, crossover_seq_len, transformer_c
 from blocklab.cost.memory import kv_cache_bytes  # noqa: E402
 from blocklab.cost.presets import REAL_MODELS, model_config  # noqa: E402
 from blocklab.ffn import FeedForward  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.base import CardItem, Context, Experiment, Outcome, torch_threads  # noqa: E402
 from blocklab.lab.estimate import (  # noqa: E402
     Check,
     Estimate,
@@ -326,8 +329,10 @@ def _errorbar(ax, xs, samples: list[list[float]], k: float = 1e3, **kw) -> None:
 
 def plot_prediction(t, predicted, slopes, scale: Scale, ctx: Context) -> str:
     """``predicted``: {(shape key, part): predicted seconds per round}."""
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    ax = axes[0]
+    # Two rows: the cost model and its key on top, the two sweeps side by side below.
+    fig, axd = plt.subplot_mosaic([["pred", "key"], ["n", "d"]], figsize=(10, 8.6),
+                                  layout="constrained")
+    ax = axd["pred"]
     for part in PARTS:
         keys = [k for k, p in predicted if p == part]
         xs = [1e3 * statistics.median(predicted[k, part]) for k in keys]
@@ -342,10 +347,12 @@ def plot_prediction(t, predicted, slopes, scale: Scale, ctx: Context) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("predicted ms (FLOPs / matmul rate + bytes / copy rate)")
     ax.set_ylabel("measured ms (median, 95% CI)")
-    ax.set_title("Cost model vs measured time, every part and shape")
-    ax.legend(fontsize=8)
-    for ax, sizes, axis, fixed in ((axes[1], scale.n_sweep, "n", f"d={scale.d_fixed}"),
-                                   (axes[2], scale.d_sweep, "d", f"n={scale.n_fixed}")):
+    ax.set_title("Cost model vs measured time,\nevery part and shape")
+    axd["key"].axis("off")
+    axd["key"].legend(*ax.get_legend_handles_labels(), loc="center", fontsize=9,
+                      title="left: one point per part and shape")
+    for ax, sizes, axis, fixed in ((axd["n"], scale.n_sweep, "n", f"d={scale.d_fixed}"),
+                                   (axd["d"], scale.d_sweep, "d", f"n={scale.n_fixed}")):
         for part in PARTS:
             _errorbar(ax, sizes, [t[f"{axis}={x}/{part}"] for x in sizes], fmt="o-",
                       color=COLOURS[part], label=f"{part}: slope {slopes[axis, part]:.2f}")
@@ -357,11 +364,10 @@ def plot_prediction(t, predicted, slopes, scale: Scale, ctx: Context) -> str:
         ax.set_ylabel("measured ms (median, 95% CI)")
         theory = "scores/softmax/AV 2, projections 1" if axis == "n" else \
             "projections 2, scores/softmax/AV 1"
-        ax.set_title(f"Time vs {axis} (theory: {theory})")
-        ax.legend(fontsize=7)
+        ax.set_title(f"Time vs {axis}\n(theory: {theory})")
+        ax.legend(fontsize=8)
     fig.suptitle(f"Attention cost by part ({ctx.device.type}, 1 thread, fp32, "
                  f"{scale.repeats} interleaved rounds)")
-    fig.tight_layout()
     return ctx.save_figure(fig, "cost_prediction")
 
 
@@ -373,7 +379,7 @@ def plot_crossover(t, analytic_x: float, measured: Estimate, measured_softmax: E
     def summed(n: int, parts: tuple[str, ...]) -> list[float]:
         return [sum(t[f"n={n}/{p}"][r] for p in parts) for r in rounds]
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7.8), layout="constrained")
     _errorbar(ax1, ns, [summed(n, ("projections",)) for n in ns], fmt="o-", color="C0",
               label="projections (n d^2)")
     _errorbar(ax1, ns, [summed(n, ("scores", "av")) for n in ns], fmt="o-", color="C1",
@@ -393,7 +399,7 @@ def plot_crossover(t, analytic_x: float, measured: Estimate, measured_softmax: E
     ax1.set_xlabel(f"n (d={scale.d_fixed}, H={scale.d_fixed // scale.head_dim})")
     ax1.set_ylabel("measured ms (median, 95% CI)")
     ax1.set_title("Where the quadratic part overtakes the projections")
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=8)
     work = {n: part_work(n, scale.d_fixed, scale)["flops"] for n in ns}
     share = [(work[n]["scores"] + work[n]["av"]) / (work[n]["scores"] + work[n]["av"]
                                                       + work[n]["projections"]) for n in ns]
@@ -407,13 +413,13 @@ def plot_crossover(t, analytic_x: float, measured: Estimate, measured_softmax: E
     ax2.set_ylabel("share of Q K^T + A V in the attention matmuls")
     ax2.set_title("n^2 d share: analytic n / (n + 2d) vs measured")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
     return ctx.save_figure(fig, "cost_crossover")
 
 
 def plot_real_models(table: dict[str, dict[str, float]], scale: Scale, ctx: Context) -> str:
     names = list(table)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 6.4), width_ratios=(1.25, 1),
+                                   layout="constrained")
     width = 0.8 / len(scale.table_lengths)
     y = np.arange(len(names))
     for i, n in enumerate(scale.table_lengths):
@@ -423,8 +429,8 @@ def plot_real_models(table: dict[str, dict[str, float]], scale: Scale, ctx: Cont
               else m for m in names]
     ax1.set_yticks(y + width * (len(scale.table_lengths) - 1) / 2, labels, fontsize=8)
     ax1.invert_yaxis()
-    ax1.set_xlabel("% of forward matmul FLOPs in Q K^T + A V (causal)")
-    ax1.set_title("The n^2 d share of real models (GPT-2/3 past their trained context)")
+    ax1.set_xlabel("% of forward matmul FLOPs\nin Q K^T + A V (causal)")
+    ax1.set_title("The n^2 d share of real models\n(GPT-2/3 past their trained context)")
     ax1.legend(fontsize=8, loc="lower right")
     kv = [table[m]["kv_kib_per_token_bf16"] for m in names]
     colours = []
@@ -439,8 +445,7 @@ def plot_real_models(table: dict[str, dict[str, float]], scale: Scale, ctx: Cont
     ax2.set_yticks(y, names, fontsize=8)
     ax2.invert_yaxis()
     ax2.set_xlabel("KV cache per token, KiB (bf16)")
-    ax2.set_title("KV cache per token: MHA (red), GQA (orange), MQA (green)")
-    fig.tight_layout()
+    ax2.set_title("KV cache per token:\nMHA (red), GQA (orange), MQA (green)")
     rel = ctx.save_figure(fig, "cost_real_models")
     return rel
 
@@ -571,6 +576,27 @@ def run(ctx: Context) -> Outcome:
     return Outcome(metrics=metrics, evidence=evidence, checks=checks, figures=figures)
 
 
+# The card's items and the checks that answer them (the report's item-by-item table;
+# the runner refuses a mapping that names a missing check or leaves a counted one out).
+CARD_ITEMS = (
+    CardItem("The scores Q K^T, their softmax and the weighted sum A V cost O(n^2 d)",
+             ("scores time exponent in *", "softmax time exponent in *", "av time exponent in *")),
+    CardItem("The q/k/v/output projections cost O(n d^2)", ("projections time exponent in *",)),
+    CardItem("An analytic count (2 FLOPs per multiply-add) gives what a FLOP counter sees",
+             ("counted / analytic FLOPs - 1 (worst model)",),
+             untested="the modules run the very matmuls the formula lists: they agree by "
+                      "construction (held by the tests), context"),
+    CardItem("Through the machine's throughput the count predicts the time; the softmax "
+             "(step 3) is memory traffic, not FLOPs",
+             ("projections measured / predicted time", "scores measured / predicted time",
+              "softmax measured / predicted time", "av measured / predicted time")),
+    CardItem("The quadratic part overtakes the projections once n exceeds about the width "
+             "(n = 2 d for multi-head attention)", ("crossover measured / analytic",)),
+    CardItem("Splitting d into H heads costs about what one head of the full width does",
+             ("multi-head / single-head layer time",)),
+)
+
+
 EXPERIMENT = Experiment(
     id="cost",
     card="DL0042",
@@ -584,6 +610,7 @@ EXPERIMENT = Experiment(
         "predicts each part's time within 2x."
     ),
     run=run,
+    card_items=CARD_ITEMS,
     # quick: measured, user+sys CPU seconds of one run at 1 thread (15.0-15.4 at seeds
     # 0-2); full: measured once (25), rounded up.
     seconds={"quick": 16, "full": 30},

@@ -37,6 +37,9 @@ digits, so it cannot tell distillation from no distillation.
 
 Runs use one intra-op thread on CPU: the models are small and a second thread only
 adds synchronisation on a busy machine; teacher and student are timed alike.
+
+The card's numbered items -- each mapped to the checks that answer it, or to the reason
+none is counted -- are ``CARD_ITEMS`` below; the report shows them item by item.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from sklearn.datasets import load_digits  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from blocklab.data import corpus_tokens  # noqa: E402
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads  # noqa: E402
+from blocklab.lab.base import CardItem, Context, Experiment, Outcome, torch_threads  # noqa: E402
 from blocklab.lab.estimate import (  # noqa: E402
     Check,
     Estimate,
@@ -358,8 +361,11 @@ def plot_soft_targets(digits: dict, ctx: Context) -> tuple[str, dict[float, floa
     i = int(runner_up.argmax())
     mean_entropy = {t: float(_entropy(torch.softmax(logits / t, -1)).mean())
                     for t in (1.0, 2.0, 4.0, 8.0, 20.0)}
-    fig, axes = plt.subplots(1, 5, figsize=(18, 3.8),
-                             gridspec_kw={"width_ratios": [0.8, 1, 1, 1, 1.2]})
+    # Top: the digit and the mean entropy; below: its soft targets at three temperatures.
+    fig, axd = plt.subplot_mosaic([["digit"] * 2 + ["entropy"] * 4,
+                                   ["T0"] * 2 + ["T1"] * 2 + ["T2"] * 2],
+                                  figsize=(10, 7.0), layout="constrained")
+    axes = [axd["digit"], axd["T0"], axd["T1"], axd["T2"], axd["entropy"]]
     axes[0].imshow(digits["data"].images["test"][i].numpy(), cmap="gray_r")
     axes[0].set_title(f"test digit, label {int(digits['data'].y['test'][i])}")
     axes[0].axis("off")
@@ -380,13 +386,12 @@ def plot_soft_targets(digits: dict, ctx: Context) -> tuple[str, dict[float, floa
     axes[4].set_title("Softer targets as T grows")
     axes[4].legend(fontsize=8)
     fig.suptitle("The teacher's fixed logits through a softmax at three temperatures")
-    fig.tight_layout()
     rel = ctx.save_figure(fig, "distillation_soft_targets")
     return rel, mean_entropy
 
 
 def plot_digits(digits: dict, est: dict[str, Estimate], scale: Scale, ctx: Context) -> str:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 5.4), layout="constrained")
     ts = sorted(digits["kd_test"])
     for key, label, style in (("kd_test", "distilled student, test", "o-"),
                               ("kd_val", "distilled student, validation", "s--")):
@@ -403,9 +408,10 @@ def plot_digits(digits: dict, est: dict[str, Estimate], scale: Scale, ctx: Conte
     ax1.set_xscale("log")
     ax1.set_xlabel("temperature T")
     ax1.set_ylabel("accuracy")
-    ax1.set_title(f"Digits: temperature sweep (alpha={scale.alpha} on the soft term, "
+    ax1.set_title(f"Digits: temperature sweep (alpha={scale.alpha} on the\nsoft term, "
                   f"{scale.repeats} repetitions, 95% intervals)", fontsize=10)
-    ax1.legend(fontsize=8)
+    # Legends below the axes: the intervals span most of each panel.
+    ax1.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
 
     names = ["teacher", "scratch", "distilled"]
     bars = [est[n].map(lambda a: (1 - a) * 10_000) for n in names]
@@ -417,16 +423,15 @@ def plot_digits(digits: dict, est: dict[str, Estimate], scale: Scale, ctx: Conte
     ax2.set_xticks(x, ["teacher", "student alone", "distilled student"])
     ax2.set_ylabel("test errors per 10,000")
     p, t = digits["params"]["teacher"], digits["params"]["student"]
-    ax2.set_title(f"Teacher {p:,} vs student {t:,} parameters, student "
+    ax2.set_title(f"Teacher {p:,} vs student {t:,} parameters,\nstudent "
                   f"{digits['speedup'].value:.0f}x faster")
-    ax2.legend()
-    fig.tight_layout()
+    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     rel = ctx.save_figure(fig, "distillation_digits")
     return rel
 
 
 def plot_lm(lm: dict, est: dict[str, Estimate], scale: Scale, ctx: Context) -> str:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.8), layout="constrained")
     ax1.plot(lm["teacher_curve"].eval_steps, lm["teacher_curve"].eval_losses, "o-",
              label="teacher (one run)")
     for name, runs in lm["curves"].items():
@@ -436,8 +441,8 @@ def plot_lm(lm: dict, est: dict[str, Estimate], scale: Scale, ctx: Context) -> s
              label=f"{label}, mean of {len(runs)}")
     curve_tokens = max(1, scale.lm_eval_batches // 4) * 16 * scale.lm_seq
     ax1.set_xlabel("training step")
-    ax1.set_ylabel(f"validation loss, first {curve_tokens:,} tokens (nats/byte)")
-    ax1.set_title("Language model on the shipped corpus: training curves (95% bands)")
+    ax1.set_ylabel(f"validation loss, first {curve_tokens:,} tokens\n(nats/byte)")
+    ax1.set_title("Language model on the shipped corpus:\ntraining curves (95% bands)")
     ax1.legend(fontsize=8)
     ppl = [exact(lm["teacher_loss"]).map(math.exp), est["lm_scratch"].map(math.exp),
            est["lm_distilled"].map(math.exp)]
@@ -449,9 +454,8 @@ def plot_lm(lm: dict, est: dict[str, Estimate], scale: Scale, ctx: Context) -> s
     ax2.set_ylabel(f"perplexity per byte, {scale.lm_eval_batches * 16 * scale.lm_seq:,} "
                    "held-out tokens")
     p, s = lm["params"]["teacher"], lm["params"]["student"]
-    ax2.set_title(f"Teacher {p:,} vs student {s:,} parameters; student "
+    ax2.set_title(f"Teacher {p:,} vs student {s:,} parameters;\nstudent "
                   f"{lm['speedup'].value:.1f}x faster", fontsize=10)
-    fig.tight_layout()
     rel = ctx.save_figure(fig, "distillation_lm")
     return rel
 
@@ -560,6 +564,26 @@ def _run(ctx: Context, scale: Scale) -> Outcome:
     return Outcome(metrics=metrics, evidence=evidence, checks=checks, figures=figures)
 
 
+# The card's items and the checks that answer them (the report's item-by-item table;
+# the runner refuses a mapping that names a missing check or leaves a counted one out).
+CARD_ITEMS = (
+    CardItem("softmax(z / T) at a higher temperature spreads the teacher's probability over "
+             "the wrong classes (the 'dark knowledge' of how it ranks them)",
+             untested="a property of softmax(z / T): the entropy rises with T by "
+                      "construction; shown in the first figure"),
+    CardItem("A student trained on the soft targets generalises better than the same "
+             "student trained on the labels alone",
+             ("digits: distilled - alone, test accuracy", "LM: alone - distilled, nats/token")),
+    CardItem("The distilled student comes close to the teacher (DistilBERT keeps 97%)",
+             ("digits: distilled / teacher accuracy",),
+             untested="the student trained alone also keeps >= 97% of the teacher's digits "
+                      "accuracy, so this cannot tell distillation from none: context"),
+    CardItem("The student is much smaller and faster than the teacher",
+             ("digits: student speed-up", "LM: student speed-up",
+              "digits: parameter ratio", "LM: parameter ratio")),
+)
+
+
 EXPERIMENT = Experiment(
     id="distillation",
     card="DL0050",
@@ -571,6 +595,7 @@ EXPERIMENT = Experiment(
         "MNIST errors against the teacher's 67)."
     ),
     run=run,
+    card_items=CARD_ITEMS,
     # quick: measured, user+sys CPU seconds of a one-experiment run at 1 thread (44-46 s
     # at seeds 0-2); full: estimated from the quick parts scaled by steps, repetitions and
     # model sizes (digits ~130 s, LM ~280 s).

@@ -36,6 +36,9 @@ simulation samples those very distributions, so it can only agree with them up t
 Monte Carlo noise. Whether the saturation *matters* is what (c) measures. That the
 dot product scores similarity (q . k = |q||k| cos) is an identity, only illustrated
 (first figure).
+
+The card's numbered items -- each mapped to the checks that answer it, or to the reason
+none is counted -- are ``CARD_ITEMS`` below; the report shows them item by item.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from blocklab.attention.functional import (  # noqa: E402
     attention_weights,
     scaled_dot_product_attention,
 )
-from blocklab.lab.base import Context, Experiment, Outcome  # noqa: E402
+from blocklab.lab.base import CardItem, Context, Experiment, Outcome  # noqa: E402
 from blocklab.lab.estimate import (  # noqa: E402
     Check,
     Estimate,
@@ -380,7 +383,7 @@ def plot_similarity(ctx: Context) -> str:
     basis, _ = torch.linalg.qr(torch.randn(d, 2, generator=g, dtype=torch.float64))
     e1, e2 = basis[:, 0], basis[:, 1]
     angles = torch.linspace(0, math.pi, 181, dtype=torch.float64)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.8), layout="constrained")
     for nq, nk in ((1.0, 1.0), (2.0, 1.0), (2.0, 2.0)):
         q = nq * e1
         k = nk * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2)
@@ -391,7 +394,7 @@ def plot_similarity(ctx: Context) -> str:
     ax1.axhline(0, color="grey", lw=0.6)
     ax1.set_xlabel("angle between q and k (degrees)")
     ax1.set_ylabel("q . k")
-    ax1.set_title(f"Dot product is similarity (d={d}; dots measured, lines analytic)")
+    ax1.set_title(f"Dot product is similarity\n(d={d}; dots measured, lines analytic)")
     ax1.legend(fontsize=8)
 
     # Three "topics", two noisy members each: scores are high within a topic.
@@ -407,9 +410,8 @@ def plot_similarity(ctx: Context) -> str:
     ax2.set_yticks(range(len(names)), names)
     ax2.set_xlabel("key")
     ax2.set_ylabel("query")
-    ax2.set_title("q . k / sqrt(d) between 3 topics x 2 noisy members")
+    ax2.set_title("q . k / sqrt(d) between\n3 topics x 2 noisy members")
     fig.colorbar(im, ax=ax2, label="scaled score")
-    fig.tight_layout()
     rel = ctx.save_figure(fig, "dot_product_similarity")
     return rel
 
@@ -418,8 +420,10 @@ def plot_similarity(ctx: Context) -> str:
 def plot_saturation(sat: dict[str, dict[int, list[float]]], slope: Estimate,
                     n_keys: int, ctx: Context) -> str:
     dims = sorted(sat["var"])
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    ax = axes[0]
+    # The variance and the key on top; entropy and gradient side by side below.
+    fig, axd = plt.subplot_mosaic([["var", "key"], ["entropy", "grad"]], figsize=(10, 8.2),
+                                  layout="constrained")
+    ax = axd["var"]
     errorbars(ax, dims, [mean_ci(sat["var"][d]) for d in dims], fmt="o",
               label="measured Var(q . k), 95% interval over chunks")
     xs = np.array(dims, dtype=float)
@@ -435,8 +439,10 @@ def plot_saturation(sat: dict[str, dict[int, list[float]]], slope: Estimate,
     ax.legend(fontsize=8)
 
     for ax, key, ylabel, title in (
-            (axes[1], "entropy", "mean softmax entropy (nats)", f"Softmax entropy over S={n_keys} keys"),
-            (axes[2], "grad", "median ||d softmax / d scores||_F", "Gradient through the softmax")):
+            (axd["entropy"], "entropy", "mean softmax entropy (nats)",
+             f"Softmax entropy over S={n_keys} keys"),
+            (axd["grad"], "grad", "median ||d softmax / d scores||_F",
+             "Gradient through the softmax")):
         for name, style in (("scaled", "o-"), ("unscaled", "s--")):
             errorbars(ax, dims, [mean_ci(sat[f"{key}_{name}"][d]) for d in dims], fmt=style,
                       label=f"{name} (q.k{' / sqrt(d_k)' if name == 'scaled' else ''})")
@@ -449,10 +455,11 @@ def plot_saturation(sat: dict[str, dict[int, list[float]]], slope: Estimate,
         ax.set_xlabel("d_k")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(fontsize=8)
-    fig.suptitle("Why 1/sqrt(d_k): unscaled scores saturate the softmax as d_k grows "
+    axd["key"].axis("off")
+    axd["key"].legend(*axd["entropy"].get_legend_handles_labels(), loc="center", fontsize=10,
+                      title="bottom row")
+    fig.suptitle("Why 1/sqrt(d_k): unscaled scores saturate the softmax as d_k grows\n"
                  "(error bars: 95% over independent chunks)")
-    fig.tight_layout()
     return ctx.save_figure(fig, "dot_product_saturation")
 
 
@@ -472,7 +479,10 @@ def _curves(ax, curves: dict[str, list[Curve]], kinds: dict[str, str], chance: f
 
 def plot_speed_quality(timings: dict[int, dict[str, Timing]], curves: dict[str, list[Curve]],
                        need: dict[str, list[Curve]], scale: Scale, ctx: Context) -> str:
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.5))
+    # Speed on the left, full height; the two learning curves stacked on the right.
+    fig, axd = plt.subplot_mosaic([["speed", "recall"], ["speed", "need"]], figsize=(10, 8),
+                                  layout="constrained")
+    ax1, ax2, ax3 = axd["speed"], axd["recall"], axd["need"]
     lengths = sorted(timings)
     x = np.arange(len(lengths))
     for offset, kind, label in ((-0.2, "dot", "scaled dot-product (SDPA)"),
@@ -488,7 +498,7 @@ def plot_speed_quality(timings: dict[int, dict[str, Timing]], curves: dict[str, 
     ax1.set_xticks(x, [f"T=S={t}" for t in lengths])
     ax1.set_yscale("log")
     ax1.set_ylabel("median ms per call (log), 95% interval")
-    ax1.set_title(f"Speed, B={scale.batch}, d={scale.head_dim}, {ctx.device.type}, "
+    ax1.set_title(f"Speed, B={scale.batch}, d={scale.head_dim}, {ctx.device.type},\n"
                   f"{scale.repeats} interleaved rounds", fontsize=10)
     ax1.legend(fontsize=8)
     n = len(curves["dot"])
@@ -498,7 +508,6 @@ def plot_speed_quality(timings: dict[int, dict[str, Timing]], curves: dict[str, 
     _curves(ax3, need, {"dot": "dot-product / sqrt(d_k)", "unscaled": "dot-product, unscaled"},
             1 / scale.vocab, f"The same task at d_k={scale.need_d_model}\nband: 95% over "
             f"{n} seeds")
-    fig.tight_layout()
     return ctx.save_figure(fig, "dot_product_speed_quality")
 
 
@@ -604,6 +613,26 @@ def run(ctx: Context) -> Outcome:
     return Outcome(metrics=metrics, evidence=evidence, checks=checks, figures=figures)
 
 
+# The card's items and the checks that answer them (the report's item-by-item table;
+# the runner refuses a mapping that names a missing check or leaves a counted one out).
+CARD_ITEMS = (
+    CardItem("The dot product scores similarity: q . k = |q| |k| cos(q, k)",
+             untested="an identity; illustrated in the first figure"),
+    CardItem("Dot-product attention is much faster than additive attention: one matrix "
+             "multiply", ("speed-up of dot over additive at *",)),
+    CardItem("... and performs as well (Vaswani et al. 2017, 3.2.1)",
+             ("learning-curve area, dot - additive",)),
+    CardItem("For unit-variance q and k, Var(q . k) = d_k: unscaled scores saturate the "
+             "softmax and its gradient vanishes",
+             ("Var(q.k) log-log slope in d_k", "entropy unscaled / scaled, largest d_k",
+              "Jacobian norm unscaled / scaled, largest d_k"),
+             untested="a theorem for independent unit-variance q, k; the simulation samples "
+                      "that very distribution, context"),
+    CardItem("So the 1/sqrt(d_k) scale is needed: it helps learning at large d_k",
+             ("learning-curve area, scaled - unscaled (large d_k)",)),
+)
+
+
 EXPERIMENT = Experiment(
     id="dot_product",
     card="DL0037",
@@ -614,6 +643,7 @@ EXPERIMENT = Experiment(
         "variance of q.k grows with d_k and the unscaled softmax saturates."
     ),
     run=run,
+    card_items=CARD_ITEMS,
     # quick: measured; full: estimated from the quick run by scaling the work.
     seconds={"quick": 30, "full": 400},
 )

@@ -32,6 +32,9 @@ its 95% interval; comparisons of two methods are paired on the seed.
 Verdict: the checks are one flat list (no sub-verdicts), combined by the lab's rule;
 the masked-speed check is phrased as the card claims it (a mask gives *no* speed-up),
 so the claim can come out supported as well as not. Figures: ``sparsity_figures``.
+
+The card's numbered items -- each mapped to the checks that answer it, or to the reason
+none is counted -- are ``CARD_ITEMS`` below; the report shows them item by item.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from blocklab.data import corpus_tokens
-from blocklab.lab.base import Context, Experiment, Outcome, torch_threads
+from blocklab.lab.base import CardItem, Context, Experiment, Outcome, torch_threads
 from blocklab.lab.estimate import (
     Check,
     Estimate,
@@ -525,6 +528,26 @@ def _run(scale: Scale, ctx: Context) -> Outcome:
     return Outcome(metrics=metrics, evidence=evidence, checks=checks, figures=figures)
 
 
+# The card's items and the checks that answer them (the report's item-by-item table;
+# the runner refuses a mapping that names a missing check or leaves a counted one out).
+CARD_ITEMS = (
+    CardItem("An L1 penalty drives weights to zero: the histogram spikes at 0, more so as "
+             "lambda grows",
+             ("L1 near-zero share", "L1 / no-L1 near-zero share",
+              "near-zero share per decade of lambda")),
+    CardItem("... at a small cost in accuracy", ("L1 accuracy cost",)),
+    CardItem("ReLU makes activations sparse (T5-Base: 97% zeros)",
+             ("ReLU zeros, MLP (least sparse layer)", "ReLU zeros, LM FFN (least sparse layer)")),
+    CardItem("Most weights can be pruned with little loss of accuracy after retraining "
+             "(Han et al. 2015: 9-13x)", ("accuracy loss at 90% (gradual)",)),
+    CardItem("Gradual pruning beats one-shot pruning at high sparsity (Zhu & Gupta 2017)",
+             ("gradual - one-shot at 95%",)),
+    CardItem("Zeros buy speed only when they leave the computation: a mask runs at dense "
+             "speed; structured pruning and sparse kernels are faster",
+             ("masked speed-up at *", "structured speed-up at *", "CSR speed-up at *")),
+)
+
+
 EXPERIMENT = Experiment(
     id="sparsity",
     card="DL0051",
@@ -536,6 +559,7 @@ EXPERIMENT = Experiment(
         "computation (smaller dense layers, sparse kernels) does."
     ),
     run=run,
+    card_items=CARD_ITEMS,
     # quick: measured, user+sys CPU seconds of one run at 1 thread (34.4-36.1 at seeds
     # 0-2); full: estimated from the quick steps' cost (MLP 8 seeds ~200 s, LM ~150 s).
     seconds={"quick": 36, "full": 360},

@@ -23,7 +23,10 @@ from blocklab.lab.plot import band, errorbars
 
 
 def plot_l1(reps: list[Rep], scale: Scale, ctx: Context) -> str:
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.8))
+    # The two histograms on top, the near-zero share and accuracy across the bottom.
+    fig, axd = plt.subplot_mosaic([["values", "magnitudes"], ["share", "share"]],
+                                  figsize=(10, 8.6), layout="constrained")
+    ax1, ax2, ax3 = axd["values"], axd["magnitudes"], axd["share"]
     bins, log_bins = np.linspace(-0.3, 0.3, 121), np.linspace(-8, 0, 81)
     for i, lam in enumerate(scale.lambdas):
         label = "lambda = 0 (no L1)" if lam == 0 else f"lambda = {lam:g}"
@@ -35,13 +38,13 @@ def plot_l1(reps: list[Rep], scale: Scale, ctx: Context) -> str:
     ax1.set_yscale("log")
     ax1.set_xlabel("weight value (clipped to +-0.3)")
     ax1.set_ylabel("weights (log scale)")
-    ax1.set_title("Weight values after training (first seed)")
-    ax1.legend(fontsize=9)
+    ax1.set_title("Weight values after training\n(first seed)")
+    ax1.legend(fontsize=8, loc="upper left")  # clear of the spike at 0
     ax2.axvline(np.log10(NEAR_ZERO), color="grey", ls="--", lw=1,
                 label=f"near zero: |w| < {NEAR_ZERO:g}")
     ax2.set_xlabel("log10 |w|  (exact zeros at -8)")
     ax2.set_ylabel("weights")
-    ax2.set_title("Magnitudes: L1 moves mass towards zero")
+    ax2.set_title("Magnitudes: L1 moves mass\ntowards zero")
     ax2.legend(fontsize=8)
     xs = np.arange(len(scale.lambdas))
     near = [mean_ci([100 * r.near_zero[lam] for r in reps]) for lam in scale.lambdas]
@@ -62,12 +65,11 @@ def plot_l1(reps: list[Rep], scale: Scale, ctx: Context) -> str:
     ax3.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper center",
                bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax3.set_title(f"Near-zero share and accuracy ({len(reps)} seeds, 95% CI)")
-    fig.tight_layout()
     return ctx.save_figure(fig, "sparsity_l1_histograms")
 
 
 def plot_relu(reps: list[Rep], lm_runs, ctx: Context) -> str:
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.8), sharey=True, layout="constrained")
     panels = ((ax1, [r.probes for r in reps], reps[0].probe_steps, "MLP on digits",
                lambda i, n: f"hidden layer {i + 1}"),
               (ax2, [p for p, _ in lm_runs], lm_runs[0][1], "Byte-level LM, ReLU FFN units",
@@ -80,12 +82,11 @@ def plot_relu(reps: list[Rep], lm_runs, ctx: Context) -> str:
                    label="T5-Base MLPs: 97% zeros")
         ax.axhline(100 * RELU_MIN_ZEROS, color="grey", ls=":", lw=1, label="most zero above")
         ax.set_xlabel("training step")
-        ax.set_title(f"{title} ({len(probes)} seeds, 95% CI band)")
+        ax.set_title(f"{title}\n({len(probes)} seeds, 95% CI band)")
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(alpha=0.3)
     ax1.set_ylabel("activations exactly zero (%)")
     ax1.set_ylim(0, 100)
-    fig.tight_layout()
     return ctx.save_figure(fig, "sparsity_relu_activations")
 
 
@@ -123,7 +124,7 @@ def plot_pruning(reps: list[Rep], reference: Estimate, scale: Scale, ctx: Contex
 
 
 def plot_speed(speed: dict[float, dict[str, Estimate]], scale: Scale, ctx: Context) -> str:
-    fig, ax = plt.subplots(figsize=(8.5, 5))
+    fig, ax = plt.subplots(figsize=(8.5, 5.8), layout="constrained")
     ss = sorted(speed)
     labels = {"masked": "masked unstructured (dense kernel over zeros)",
               "structured": "structured: hidden units removed (smaller dense)",
@@ -140,7 +141,7 @@ def plot_speed(speed: dict[float, dict[str, Estimate]], scale: Scale, ctx: Conte
     ax.set_ylabel("speed-up over dense (log scale)")
     ax.set_title(f"Digits MLP {'-'.join(map(str, scale.widths))} on the test set, "
                  f"{THREADS} thread (interleaved, 95% CI)")
-    ax.legend(fontsize=9)
+    # Below the axes: inside, it would cover the FLOP-ratio line.
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
     return ctx.save_figure(fig, "sparsity_speed")
