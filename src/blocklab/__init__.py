@@ -6,26 +6,33 @@ from os import PathLike
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported only when load is called
+    from blocklab.data.tokenizer import Tokenizer
     from blocklab.models.transformer import TransformerLM
 
 __version__ = "0.1.0"
-__all__ = ["load", "__version__"]
+__all__ = ["load", "load_tokenizer", "__version__"]
 
 
 def load(path: str | PathLike[str]) -> TransformerLM:
     """The TransformerLM stored at ``path``: a Hugging Face model directory (config.json +
-    safetensors), a ``blocklab train`` run directory (its newest intact checkpoint) or
-    one of its ``ckpt-*`` directories.
+    safetensors), a ``blocklab train`` run directory (its newest intact checkpoint), one
+    of its ``ckpt-*`` directories, or a directory ``blocklab convert`` / ``distill``
+    wrote (model.safetensors + config.yaml). Its tokenizer: :func:`load_tokenizer` of
+    the same path.
 
     Raises:
         ValueError: ``path`` is none of these, or its files are incomplete or damaged.
     """
-    from blocklab.models.hf_io import is_hf_dir
+    from blocklab.train.sources import load_model
 
-    if is_hf_dir(path):
-        from blocklab.models.transformer import TransformerLM
+    return load_model(path)
 
-        return TransformerLM.from_pretrained(path)
-    from blocklab.train.trainer import load_trained_model
 
-    return load_trained_model(path)[0]
+def load_tokenizer(path: str | PathLike[str]) -> Tokenizer:
+    """The tokenizer stored with the model at ``path`` (any layout :func:`load` reads:
+    a Hugging Face directory's ``tokenizer.json``, a run's ``tokenizer/`` copy), or the
+    byte tokenizer when it has none."""
+    from blocklab.data.tokenizer import ByteTokenizer
+    from blocklab.train.sources import find_model_tokenizer
+
+    return find_model_tokenizer(path) or ByteTokenizer()

@@ -226,7 +226,7 @@ def test_blocklab_load_reads_both_formats(tmp_path):
         save_checkpoint(run, step, model_state=ours.state_dict(),
                         optimizer_state={"state": {}, "param_groups": []}, extra=extra)
     assert torch.equal(_ours_logits(blocklab.load(run), X), _ours_logits(ours, X))  # newest
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="not found"):
         blocklab.load(tmp_path / "nothing")
 
 

@@ -1,7 +1,8 @@
 """The ``blocklab`` command line.
 
 One module per subcommand (:mod:`~blocklab.cli.lab`, :mod:`~blocklab.cli.train`,
-:mod:`~blocklab.cli.distill`, :mod:`~blocklab.cli.convert`, :mod:`~blocklab.cli.cost`),
+:mod:`~blocklab.cli.distill`, :mod:`~blocklab.cli.convert`, :mod:`~blocklab.cli.cost`,
+:mod:`~blocklab.cli.generate`, :mod:`~blocklab.cli.export`),
 each defining ``COMMAND``: a :class:`~blocklab.cli.command.Command` with its name, help,
 a function that adds its arguments to an ``argparse`` parser and a function that runs
 it and returns the exit code. Adding a subcommand is adding a module and naming it in
@@ -34,6 +35,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "blocklab.cli.train",
     "blocklab.cli.distill",
     "blocklab.cli.convert",
+    "blocklab.cli.generate",
+    "blocklab.cli.export",
 )
 
 

@@ -5,7 +5,14 @@ each group (Ainslie et al. 2023; :func:`blocklab.models.convert.convert_kv_heads
 optionally uptrains it for N steps with the run's own data and hyperparameters, and
 writes ``DIR/model.safetensors``, ``DIR/config.yaml`` and ``DIR/convert.json`` (the
 validation loss before conversion, after it and after uptraining; KV-cache bytes).
-The source is read by :func:`blocklab.train.sources.load_source`.
+The source is read by :func:`blocklab.train.sources.load_source`: a run directory,
+one of its checkpoints, a converted directory or a Hugging Face directory (which
+carries no training settings: the shipped corpus and defaults then, unless
+``--data``). The run's data is encoded by the source's tokenizer, which is copied to
+``DIR/tokenizer/`` (none for bytes). A token-file run (``.bin``) is read in place for
+evaluation; uptraining draws its windows from the first ``N x batch x seq_len`` tokens
+of the training split (N the uptraining steps), which is as many as it consumes,
+instead of copying the whole file into memory.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batches", type=int, default=8, metavar="K",
                         help="validation batches scored before and after (default: "
                              "%(default)s)")
+    parser.add_argument("--data", metavar="FILE",
+                        help="data to evaluate and uptrain on (default: the run's)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where to evaluate and uptrain (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -54,10 +63,11 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from blocklab.cost.memory import kv_cache_bytes
-    from blocklab.data import corpus_tokens
+    from blocklab.data.tokenizer import ByteTokenizer
+    from blocklab.data.tokens import load_token_data
     from blocklab.models.convert import convert_kv_heads, save_model
     from blocklab.train.loop import evaluate_lm, train_lm
-    from blocklab.train.sources import load_source
+    from blocklab.train.sources import find_model_tokenizer, load_source, save_model_tokenizer
 
     if args.uptrain_steps < 0:
         return _error(f"--uptrain-steps ({args.uptrain_steps}) must be >= 0")
@@ -70,15 +80,27 @@ def _run(args: argparse.Namespace) -> int:
     try:
         model, settings = load_source(args.source)
         converted = convert_kv_heads(model, args.kv_heads)
-    except (ValueError, TypeError) as err:
+        tokenizer = find_model_tokenizer(args.source) or ByteTokenizer()
+    except (ImportError, ValueError, TypeError) as err:
         return _error(str(err))
 
-    data = settings.get("data", "default")
+    data = args.data or settings.get("data", "default")
     seq_len = min(int(settings.get("seq_len", 128)), model.config.max_seq_len)
     batch = int(settings.get("batch_size", 16))
     lr = args.lr if args.lr is not None else float(settings.get("lr", 1e-3))
+    if tokenizer.vocab_size > model.config.vocab_size:
+        return _error(f"the source's tokenizer has {tokenizer.vocab_size} token ids, more than "
+                      f"its vocab_size ({model.config.vocab_size})")
     try:
-        train_tokens, val_tokens = corpus_tokens(data, float(settings.get("val_fraction", 0.1)))
+        train_tokens, val_tokens = load_token_data(
+            data, tokenizer, val_fraction=float(settings.get("val_fraction", 0.1)),
+            dtype=settings.get("data_dtype", "uint16"))
+        if not isinstance(val_tokens, torch.Tensor):  # a token file: copy what is used
+            val_tokens = val_tokens.windows(torch.zeros(1, dtype=torch.long), min(
+                val_tokens.numel(), args.eval_batches * batch * seq_len + 1))[0]
+            train_tokens = train_tokens.windows(torch.zeros(1, dtype=torch.long), min(
+                train_tokens.numel(), max(args.uptrain_steps, 1) * batch * seq_len + seq_len + 1
+            ))[0]
     except (OSError, ValueError) as err:
         return _error(f"cannot read the run's data {data!r}: {err}")
     device = torch.device(args.device)
@@ -104,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         say(f"after {args.uptrain_steps} uptraining steps: {losses['uptrained']:.4f}")
 
     out = save_model(converted.cpu(), args.out)
+    save_model_tokenizer(tokenizer, out)
 
     def per_token(heads: int) -> int:
         return kv_cache_bytes(n_layers=cfg.n_layers, n_kv_heads=heads, head_dim=cfg.dim_head,

@@ -5,12 +5,16 @@
     blocklab distill --teacher CKPT --student-preset tiny --corpus my.txt --out DIR
 
 The corpus is the shipped one (``--corpus default``) or a user text/JSONL file,
-byte-tokenised (vocab 256), with the tail 10% held out. The teacher is either
+with the tail 10% held out, encoded by the teacher's tokenizer (a loaded teacher's
+own, :func:`blocklab.train.sources.find_model_tokenizer`; ``--tokenizer`` names
+another; the byte tokenizer, vocab 256, when there is none). A student preset whose
+vocabulary differs from a tokenizer-carrying teacher's takes the teacher's, and the
+student is saved with the tokenizer (``DIR/tokenizer/``). The teacher is either
 loaded (``--teacher`` names a ``blocklab train`` run directory -- its newest intact
 checkpoint -- or one of its ``ckpt-*`` directories; a directory holding
-``model.safetensors`` and ``config.yaml``, as this command writes; or a
-``.safetensors`` file with a ``config.yaml`` beside it; read by
-:func:`blocklab.train.sources.load_model`) or, without one, built
+``model.safetensors`` and ``config.yaml``, as this command writes; a
+``.safetensors`` file with a ``config.yaml`` beside it; or a Hugging Face directory;
+read by :func:`blocklab.train.sources.load_model`) or, without one, built
 from ``--teacher-preset`` and trained first on the same corpus for
 ``--teacher-steps`` steps -- kept simple: one command gives a teacher and its
 student. The student is trained with :func:`blocklab.train.distill.distill_lm`.
@@ -56,6 +60,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override the student's number of layers")
     parser.add_argument("--corpus", default="default", metavar="NAME_OR_FILE",
                         help="'default' (shipped corpus) or a text/JSONL file (default: %(default)s)")
+    parser.add_argument("--tokenizer", metavar="SPEC",
+                        help="'bytes', a tokenizer.json or a directory holding one (default: "
+                             "the teacher's own, else bytes)")
     parser.add_argument("--steps", type=int, default=1000, metavar="N",
                         help="distillation steps (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="B",
@@ -108,18 +115,34 @@ def _run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from blocklab.data import corpus_tokens
+    from blocklab.data.tokenizer import ByteTokenizer, is_plain_bytes, load_tokenizer
+    from blocklab.data.tokens import load_token_data
     from blocklab.models import TransformerConfig, TransformerLM
     from blocklab.models.convert import save_model
     from blocklab.train import evaluate_lm, train_lm
     from blocklab.train.distill import distill_lm
-    from blocklab.train.sources import CONFIG, WEIGHTS, load_model
+    from blocklab.train.sources import (
+        CONFIG,
+        WEIGHTS,
+        find_model_tokenizer,
+        load_model,
+        save_model_tokenizer,
+    )
 
     if args.device == "cuda" and not torch.cuda.is_available():
         return _error("--device cuda was requested but CUDA is not available")
     try:
-        train, val = corpus_tokens(args.corpus)
-    except (ValueError, TypeError) as err:
+        if args.tokenizer is not None:
+            tokenizer = load_tokenizer(args.tokenizer)
+        elif args.teacher:
+            tokenizer = find_model_tokenizer(args.teacher) or ByteTokenizer()
+        else:
+            tokenizer = ByteTokenizer()
+        train, val = load_token_data(args.corpus, tokenizer)
+        if not isinstance(train, torch.Tensor):
+            return _error(f"--corpus {args.corpus!r}: token files are for 'blocklab train'; "
+                          "give a text or JSONL file")
+    except (ImportError, ValueError, TypeError) as err:
         return _error(str(err))
     overrides: dict[str, int] = {}
     if args.student_d_model is not None:
@@ -143,6 +166,13 @@ def _run(args: argparse.Namespace) -> int:
             t_config = TransformerConfig.from_name(args.teacher_preset)
     except (ValueError, TypeError) as err:
         return _error(str(err))
+    if teacher is None and not is_plain_bytes(tokenizer):
+        t_config = t_config.replace(vocab_size=tokenizer.vocab_size)  # trained here on its ids
+    if not is_plain_bytes(tokenizer) and s_config.vocab_size != t_config.vocab_size:
+        s_config = s_config.replace(vocab_size=t_config.vocab_size)  # the teacher's tokens
+    if tokenizer.vocab_size > t_config.vocab_size:
+        return _error(f"the tokenizer has {tokenizer.vocab_size} token ids, more than the "
+                      f"teacher's vocab_size ({t_config.vocab_size})")
     # Checked before the teacher trains: a mismatch found after it wastes the run.
     if s_config.vocab_size != t_config.vocab_size:
         return _error(f"student vocab_size ({s_config.vocab_size}) must equal the teacher's "
@@ -165,6 +195,7 @@ def _run(args: argparse.Namespace) -> int:
             train_lm(teacher, train, steps=args.teacher_steps, batch_size=args.batch_size,
                      seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device)
             save_model(teacher, out / "teacher")
+            save_model_tokenizer(tokenizer, out / "teacher")
             log["teacher_source"] = f"preset {t_config.name}, {args.teacher_steps} steps"
         log["teacher_seconds"] = time.perf_counter() - start
 
@@ -180,6 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"blocklab distill: error: {err}", file=sys.stderr)
         return 1
     save_model(student, out)
+    save_model_tokenizer(tokenizer, out)
 
     scores = {}
     for name, model in (("teacher", teacher), ("student", student)):

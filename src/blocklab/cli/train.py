@@ -1,4 +1,9 @@
-"""``blocklab train PRESET|CONFIG.yaml --out DIR [...] [key=value ...]``.
+"""``blocklab train [PRESET|CONFIG.yaml] --out DIR [...] [key=value ...]``.
+
+Fine-tuning: ``blocklab train init_from=DIR data=file.txt --out RUN`` starts from the
+model in DIR (a Hugging Face Llama/Mistral/Qwen2 directory, a blocklab run, checkpoint
+or saved directory) with DIR's own tokenizer; without a preset the ``finetune``
+training settings are used.
 
 Also runs under ``torchrun --nproc_per_node=N -m blocklab train ...``: every process
 runs this command, rank 0 writes.
@@ -21,10 +26,14 @@ __all__ = ["COMMAND"]
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", metavar="PRESET|CONFIG.yaml",
-                        help="a preset (tiny, small, lab-lm) or a YAML file of TrainConfig keys")
+    parser.add_argument("config", metavar="PRESET|CONFIG.yaml", nargs="?",
+                        help="a preset (tiny, small, lab-lm, finetune) or a YAML file of "
+                             "TrainConfig keys; may be left out with init_from=PATH "
+                             "(then: finetune)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override config keys, e.g. lr=1e-3 model.n_layers=4")
+                        help="override config keys, e.g. lr=1e-3 model.n_layers=4, "
+                             "data=file.txt|tokens.bin|DIR, tokenizer=bytes|tokenizer.json|DIR, "
+                             "init_from=HF_DIR|RUN")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="run directory: config.yaml, metrics.jsonl, ckpt-*/")
     parser.add_argument("--max-steps", type=int, metavar="N", help="optimiser steps in all")
@@ -53,14 +62,21 @@ def _run(args: argparse.Namespace) -> int:
     from blocklab.train.rundir import os_error_line
     from blocklab.train.trainer import train
 
-    overrides = list(args.overrides)
+    overrides, source = list(args.overrides), args.config
+    if source is not None and "=" in source and not os.path.isfile(source):
+        overrides.insert(0, source)  # ``train init_from=DIR ...``: no preset given
+        source = None
+    if source is None:
+        if not any(item.startswith("init_from=") for item in overrides):
+            return _error("give a preset or CONFIG.yaml, or init_from=PATH to fine-tune")
+        source = "finetune"
     for flag, key in (("max_steps", "max_steps"), ("save_every", "save_every"),
                       ("device", "device")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
     try:
-        config = load_train_config(args.config, overrides)
+        config = load_train_config(source, overrides)
         config.check_data()
         result = train(config, args.out, resume=args.resume, overwrite=args.overwrite,
                        allow_config_change=args.allow_config_change,
@@ -82,8 +98,11 @@ COMMAND = Command(
     name="train",
     help="train a TransformerLM (resumable; runs under torchrun for DDP/FSDP)",
     description=(
-        "Train a TransformerLM from a preset or a YAML config on the embedded corpus or "
-        "your text/JSONL file. Writes DIR/config.yaml, DIR/metrics.jsonl and atomic "
+        "Train a TransformerLM from a preset or a YAML config, or fine-tune one "
+        "(init_from=HF_DIR|RUN), on the embedded corpus, your text/JSONL file (encoded by "
+        "tokenizer=..., default: init_from's own tokenizer, else bytes) or a flat token file "
+        "(nanoGPT's .bin, or a directory of train.bin + val.bin; data_dtype=uint16|uint32) "
+        "read from disk a batch at a time, never whole. Writes DIR/config.yaml, DIR/metrics.jsonl and atomic "
         "safetensors checkpoints DIR/ckpt-*/ with their sizes and checksums; --resume "
         "continues from the newest intact one (damaged ones are skipped and named) with "
         "nothing lost, and refuses a changed config unless --allow-config-change. DIR "

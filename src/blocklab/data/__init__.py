@@ -21,11 +21,15 @@ from blocklab.data.text import (
     random_batches,
     split_tokens,
 )
-from blocklab.data.tokenizer import ByteTokenizer
+from blocklab.data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from blocklab.data.tokens import TokenFile
 
 __all__ = [
     "SHIPPED_CORPORA",
     "ByteTokenizer",
+    "Tokenizer",
+    "TokenFile",
+    "load_tokenizer",
     "TokenDataset",
     "corpus_tokens",
     "iterate_eval_batches",

@@ -7,6 +7,14 @@ Python's ``float()`` accepts: ``1e-3`` is a string to YAML 1.1, a float here) an
 its range (``lr`` finite and > 0, ``weight_decay`` >= 0, ``model.norm_eps`` > 0
 as TransformerConfig checks, ...) before any work starts, so a typo or a value that could only train on
 garbage stops the run with one clear line instead of an hour later.
+
+Fine-tuning: ``init_from=PATH`` (a Hugging Face directory, a ``blocklab train`` run
+or checkpoint, a saved model directory) takes the model section from PATH's config;
+a ``model.*`` key given in the YAML file or as an override must agree with it, except
+those of :data:`INIT_FREE_MODEL_KEYS` (a longer context, its RoPE scaling, the name),
+and a preset's model section is ignored. The ``finetune`` preset holds training
+settings only, and is the default when ``blocklab train`` is given ``init_from`` and
+no preset.
 """
 
 from __future__ import annotations
@@ -23,7 +31,13 @@ import yaml
 from blocklab._checks import check_float
 from blocklab.models.config import TransformerConfig
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "ConfigError", "load_train_config"]
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "ConfigError", "load_train_config",
+           "INIT_FREE_MODEL_KEYS"]
+
+# Model keys an init_from run may set differently from the model it starts from: they
+# change no parameter shape and nothing the weights were trained to compute at the
+# lengths they were trained on (context extension: a longer max_seq_len, RoPE scaling).
+INIT_FREE_MODEL_KEYS = frozenset({"name", "init_std", "max_seq_len", "rope_scaling"})
 
 
 class ConfigError(ValueError):
@@ -40,7 +54,17 @@ class TrainConfig:
     """
 
     model: TransformerConfig = field(default_factory=lambda: TransformerConfig.from_name("tiny"))
-    data: str = "default"  # the embedded corpus, or a path to a .txt / .jsonl file
+    # The embedded corpus, a .txt / .jsonl file (encoded by the tokenizer), a .bin token
+    # file (tail val_fraction held out) or a directory of train.bin (+ val.bin), read in
+    # place (blocklab.data.tokens).
+    data: str = "default"
+    data_dtype: Literal["uint16", "uint32"] = "uint16"  # of .bin token files (nanoGPT: uint16)
+    # "bytes", a tokenizer.json or a directory holding one; None: init_from's own
+    # tokenizer when it has one, else bytes.
+    tokenizer: str | None = None
+    # Start from this model's weights (Hugging Face directory, blocklab run, checkpoint or
+    # saved directory), at step 0 with a fresh optimiser; a resumed run ignores it.
+    init_from: str | None = None
     val_fraction: float = 0.1
     seq_len: int = 128
     batch_size: int = 16
@@ -78,6 +102,12 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
         for key, bounds in _FLOAT_RANGES.items():
             setattr(self, key, _check_range(key, getattr(self, key), **bounds))
+        if self.data_dtype not in ("uint16", "uint32"):
+            raise ConfigError(f"data_dtype must be 'uint16' or 'uint32', got {self.data_dtype!r}")
+        for key in ("tokenizer", "init_from"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{key} must be a non-empty path string or None, got {value!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.batch_size % self.grad_accum:
@@ -99,7 +129,18 @@ class TrainConfig:
             )
 
     def check_data(self) -> None:
-        if self.data not in ("default", "python_reference") and not Path(self.data).is_file():
+        """The data exists; a token file's size fits ``data_dtype`` (nothing is read)."""
+        from blocklab.data.text import SHIPPED_CORPORA
+        from blocklab.data.tokens import is_token_data, token_file_split
+
+        if self.data in SHIPPED_CORPORA:
+            return
+        if is_token_data(self.data):
+            try:
+                token_file_split(self.data, self.data_dtype, self.val_fraction)
+            except ValueError as err:
+                raise ConfigError(f"data: {err}") from None
+        elif not Path(self.data).expanduser().is_file():
             raise ConfigError(f"data file {self.data!r} does not exist")
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +206,10 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "lab-lm": dict(model={"preset": "tiny", "d_model": 128, "n_layers": 4, "n_heads": 4},
                    seq_len=128, batch_size=16, max_steps=600, lr=2e-3, warmup_steps=50,
                    eval_every=100, save_every=200),
+    # Training settings for init_from runs (the model comes from init_from): a low peak
+    # lr and no weight decay, as fine-tuning recipes use.
+    "finetune": dict(seq_len=256, batch_size=8, max_steps=200, lr=3e-5, warmup_steps=10,
+                     weight_decay=0.0, log_every=10, eval_every=50, save_every=100),
 }
 
 
@@ -214,7 +259,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def _apply_override(data: dict[str, Any], item: str) -> None:
+def _apply_override(data: dict[str, Any], item: str, explicit_model: dict[str, Any]) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key=value")
     key, raw = item.split("=", 1)
@@ -228,7 +273,7 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
         model = data.setdefault("model", {})
         if isinstance(model, TransformerConfig):
             model = data["model"] = model.to_dict()
-        model[sub] = _coerce(key, raw, model_hints.get(sub, str))
+        model[sub] = explicit_model[sub] = _coerce(key, raw, model_hints.get(sub, str))
         return
     if key not in train_fields or key == "model":
         raise ConfigError(f"unknown config key {key!r}; known: {sorted(train_fields)}")
@@ -256,11 +301,47 @@ def load_train_config(source: str | Path, overrides: list[str] | None = None) ->
     hints = typing.get_type_hints(TrainConfig)
     data = {key: value if key == "model" else _check_type(key, value, hints[key])
             for key, value in data.items()}
+    # Model keys the user gave (a YAML file's model section, model.* overrides), as
+    # opposed to a preset's: with init_from these must agree with the source model.
+    explicit_model: dict[str, Any] = {}
+    if source not in TRAIN_PRESETS and isinstance(data.get("model"), dict):
+        explicit_model.update(data["model"])
     for item in overrides or []:
-        _apply_override(data, item)
+        _apply_override(data, item, explicit_model)
+    if data.get("init_from"):
+        data["model"] = _model_from_init(data["init_from"], explicit_model)
     try:
         return TrainConfig(**data)
     except ConfigError:
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
+
+
+def _model_from_init(init_from: str, explicit: dict[str, Any]) -> dict[str, Any]:
+    """The model section of an init_from run: init_from's config, with the explicit
+    keys of :data:`INIT_FREE_MODEL_KEYS` applied and every other one checked to agree."""
+    from blocklab.train.sources import model_config
+
+    try:
+        source = model_config(init_from)
+    except (OSError, TypeError, ValueError) as err:
+        raise ConfigError(f"init_from {init_from!r}: {err}") from None
+    merged = source.to_dict()
+    hints = typing.get_type_hints(TransformerConfig)
+    for key, value in explicit.items():
+        if key == "preset":
+            raise ConfigError(f"model.preset ({value!r}) cannot be combined with init_from "
+                              f"{init_from!r}: the model comes from init_from")
+        if key not in hints:
+            raise ConfigError(f"unknown model key {key!r}; known: {sorted(hints)}")
+        value = _check_type(f"model.{key}", value, hints[key])
+        if key in INIT_FREE_MODEL_KEYS:
+            merged[key] = value
+        elif value != merged[key]:
+            raise ConfigError(
+                f"model.{key}={value!r} contradicts init_from {init_from!r}, whose {key} is "
+                f"{merged[key]!r}: the model comes from init_from (only "
+                f"{', '.join(sorted(INIT_FREE_MODEL_KEYS))} may differ); drop the key"
+            )
+    return merged

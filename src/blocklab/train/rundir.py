@@ -25,11 +25,15 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunDirError", "RunLock", "open_run_dir", "RUN_FILES"]
+__all__ = ["RunDirError", "RunLock", "open_run_dir", "RUN_FILES", "TOKENIZER_DIR", "INIT_FILE"]
 
 LOCK = ".lock"
+# The run's tokenizer (a copy; absent for the byte tokenizer) and, for a run started
+# from another model, where from (init_from.json: path, format, Hugging Face family).
+TOKENIZER_DIR, INIT_FILE = "tokenizer", "init_from.json"
 # What a run writes; --overwrite removes exactly these (and ckpt-*).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.jsonl.tmp", "config.yaml.tmp", "tensorboard")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.jsonl.tmp", "config.yaml.tmp", "tensorboard",
+             TOKENIZER_DIR, INIT_FILE, INIT_FILE + ".tmp")
 
 
 class RunDirError(ValueError):

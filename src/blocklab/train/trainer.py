@@ -9,6 +9,14 @@ W processes takes rows [r*B/W, (r+1)*B/W) of the same global batch, and validati
 scores the same windows split over the processes and summed across them, so both
 curves do not depend on W (up to the order of the reductions).
 
+Data is text encoded by the run's tokenizer or a flat token file read in place
+(:mod:`blocklab.data.tokens`); a tokenizer with more ids than ``model.vocab_size`` is
+refused up front, and a token file's windows are checked against it as they are read.
+With ``init_from`` a new run starts from that model's weights (step 0, a fresh
+optimiser); the tokenizer (when not the byte one) is copied into ``DIR/tokenizer/``
+and the source is recorded in ``DIR/init_from.json``, so that ``generate`` and
+``export`` find both later, wherever the source has gone.
+
 What it refuses rather than lose or mix a run: a run directory that is in use or
 holds another run (see :mod:`blocklab.train.rundir`); a ``resume`` whose config
 differs from the run's -- a different model shape always, any other change unless
@@ -33,7 +41,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from blocklab.data.text import corpus_tokens, random_batches
+from blocklab.data.tokenizer import ByteTokenizer, Tokenizer, find_tokenizer, load_tokenizer
+from blocklab.data.tokens import TokenFile, Tokens, load_token_data, sample_batch, take_windows
 from blocklab.models.config import TransformerConfig
 from blocklab.models.transformer import TransformerLM
 from blocklab.train.checkpoint import (
@@ -54,15 +63,16 @@ from blocklab.train.distributed import (
     wrap_model,
 )
 from blocklab.train.loop import adamw, cosine_lr
-from blocklab.train.rundir import RunDirError, open_run_dir
+from blocklab.train.rundir import INIT_FILE, TOKENIZER_DIR, RunDirError, open_run_dir
 
 __all__ = ["train", "TrainResult", "batch_for_step", "validation_loss", "load_trained_model",
            "FREE_KEYS"]
 
 # Keys a resumed run may change without --allow-config-change: they decide how often
 # the run logs, scores and saves, or where and how it computes, not what it computes.
+# init_from only decides a new run's first weights; a resumed run reads its checkpoint.
 FREE_KEYS = frozenset({"log_every", "eval_every", "eval_batches", "save_every", "keep_last",
-                       "device", "compile", "fsdp"})
+                       "device", "compile", "fsdp", "init_from"})
 
 
 @dataclass
@@ -75,18 +85,18 @@ class TrainResult:
 
 
 def batch_for_step(
-    tokens: torch.Tensor, config: TrainConfig, step: int, world: World
+    tokens: Tokens, config: TrainConfig, step: int, world: World
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This process's rows of the global batch of ``step``: (B / W, T) each."""
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    x, y = random_batches(tokens, config.batch_size, config.seq_len, generator)  # (B, T)
+    x, y = sample_batch(tokens, config.batch_size, config.seq_len, generator)  # (B, T)
     per_rank = config.batch_size // world.size
     rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
     return x[rows], y[rows]
 
 
 def validation_loss(
-    model: torch.nn.Module, tokens: torch.Tensor, config: TrainConfig, world: World
+    model: torch.nn.Module, tokens: Tokens, config: TrainConfig, world: World
 ) -> float:
     """Mean next-token cross entropy over the first ``eval_batches * batch_size``
     non-overlapping windows of ``tokens``, whatever the number of processes.
@@ -110,8 +120,10 @@ def validation_loss(
             for start in range(first, first + share, micro):
                 stop = min(start + micro, last)
                 rows = range(start, stop) if stop > start else range(0, 1)  # (b,) windows
-                index = torch.tensor(list(rows)).unsqueeze(1) * T + torch.arange(T + 1)
-                window = tokens[index].long().to(world.device)  # (b, T + 1)
+                starts = torch.tensor(list(rows)) * T
+                window = take_windows(tokens, starts, T + 1)  # (b, T + 1)
+                _check_token_ids(window, tokens, config.model.vocab_size)
+                window = window.to(world.device)
                 logits = model(window[:, :-1])  # (b, T, V)
                 loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
                                        window[:, 1:].reshape(-1), reduction="sum")
@@ -123,6 +135,84 @@ def validation_loss(
     if world.distributed:
         torch.distributed.all_reduce(sums, op=torch.distributed.ReduceOp.SUM)
     return float(sums[0] / sums[1])
+
+
+def _check_token_ids(window: torch.Tensor, tokens: Tokens, vocab_size: int) -> None:
+    """A token file's ids are seen only as they are read: each window is checked."""
+    if isinstance(tokens, TokenFile) and window.numel():
+        top = int(window.max())
+        if top >= vocab_size:
+            raise ValueError(f"{tokens.path}: token id {top} >= model.vocab_size "
+                             f"({vocab_size}); the file was written with another tokenizer "
+                             f"or dtype (data_dtype={tokens.dtype})")
+
+
+def _run_tokenizer(config: TrainConfig, out_dir: Path, resume: bool) -> Tokenizer:
+    """The run's tokenizer: the copy in a resumed run's directory, else ``tokenizer``,
+    else init_from's own, else bytes; checked against ``model.vocab_size``."""
+    from blocklab.train.sources import find_model_tokenizer
+
+    spec = config.tokenizer
+    try:
+        saved = out_dir / TOKENIZER_DIR
+        if resume and saved.is_dir() and list_checkpoints(out_dir):
+            tokenizer, spec = find_tokenizer(saved) or ByteTokenizer(), str(saved)
+        elif spec is not None:
+            tokenizer = load_tokenizer(spec)
+        elif config.init_from is not None:
+            tokenizer = find_model_tokenizer(config.init_from) or ByteTokenizer()
+            spec = f"init_from {config.init_from}'s"
+        else:
+            tokenizer, spec = ByteTokenizer(), "bytes"
+    except (ImportError, ValueError) as err:
+        raise ConfigError(f"tokenizer: {err}") from None
+    vocab = config.model.vocab_size
+    if tokenizer.vocab_size > vocab:
+        raise ConfigError(
+            f"the tokenizer ({spec}) has {tokenizer.vocab_size} token ids but model.vocab_size "
+            f"is {vocab}: the model has no embedding for the ids >= {vocab}; use a model "
+            "with a larger vocabulary or another tokenizer"
+        )
+    return tokenizer
+
+
+def _initial_model(config: TrainConfig) -> TransformerLM:
+    """A new run's model: random (seeded), or init_from's weights in fp32."""
+    torch.manual_seed(config.seed)
+    if config.init_from is None:
+        return TransformerLM(config.model)
+    from blocklab.models.hf_io import is_hf_dir
+    from blocklab.train.sources import load_model
+
+    try:
+        source = (TransformerLM.from_pretrained(config.init_from, dtype=torch.float32)
+                  if is_hf_dir(config.init_from) else load_model(config.init_from).float())
+    except (OSError, TypeError, ValueError) as err:
+        raise ConfigError(f"init_from {config.init_from!r}: {err}") from None
+    if source.config == config.model:
+        return source.train()
+    if _shapes(source.config.to_dict()) != _shapes(config.model.to_dict()):
+        changed = _diff(source.config.to_dict(), config.model.to_dict())
+        raise ConfigError(f"model differs in shape from init_from {config.init_from!r}: "
+                          + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    model = TransformerLM(config.model)
+    model.load_state_dict(source.state_dict())
+    return model
+
+
+def _record_sources(config: TrainConfig, tokenizer: Tokenizer, out_dir: Path) -> None:
+    """Copy the tokenizer into the run (none for bytes) and say where init_from was."""
+    from blocklab.models.hf_io import is_hf_dir
+    from blocklab.train.sources import hf_family, save_model_tokenizer
+
+    if not (out_dir / TOKENIZER_DIR).exists():
+        save_model_tokenizer(tokenizer, out_dir)
+    if config.init_from is not None and not (out_dir / INIT_FILE).exists():
+        source = Path(config.init_from).expanduser().resolve()
+        record = {"init_from": str(source),
+                  "format": "huggingface" if is_hf_dir(source) else "blocklab",
+                  "family": hf_family(source), "tokenizer": config.tokenizer}
+        _write_atomic(out_dir / INIT_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def _agree(world: World, error: BaseException | None) -> None:
@@ -164,6 +254,9 @@ def _config_changes(saved: dict[str, Any], config: TrainConfig, where: Path, *,
     """Keys whose value differs between the checkpoint's config and ``config``, as
     {key: [saved, requested]}; refuse a different model shape, and any other change
     of a key outside FREE_KEYS unless ``allow``."""
+    # Keys added to TrainConfig since the run was saved read as their defaults.
+    defaults = {k: v for k, v in TrainConfig().to_dict().items() if k != "model"}
+    saved = {**defaults, **saved}
     changes = _diff(saved, json.loads(json.dumps(config.to_dict())))  # compared as saved
 
     def listed(keys: list[str]) -> str:
@@ -338,7 +431,9 @@ def train(
     try:
         config.check_world(world.size)
         config.check_data()
-        tokens = corpus_tokens(config.data, config.val_fraction)
+        tokenizer = _run_tokenizer(config, Path(out_dir), resume)
+        tokens = load_token_data(config.data, tokenizer, val_fraction=config.val_fraction,
+                                 dtype=config.data_dtype)
         if min(t.numel() for t in tokens) <= config.seq_len:
             raise ValueError(
                 f"data {config.data!r} is too short for seq_len {config.seq_len}: "
@@ -352,7 +447,7 @@ def train(
                 error = err
         _agree(world, error)
         try:
-            return _train(config, tokens, Path(out_dir), world, resume=resume,
+            return _train(config, tokens, tokenizer, Path(out_dir), world, resume=resume,
                           allow_config_change=allow_config_change, progress=progress)
         finally:
             if lock is not None:
@@ -362,7 +457,7 @@ def train(
 
 
 def _train(
-    config: TrainConfig, tokens: tuple[torch.Tensor, torch.Tensor], out_dir: Path,
+    config: TrainConfig, tokens: tuple[Tokens, Tokens], tokenizer: Tokenizer, out_dir: Path,
     world: World, *, resume: bool, allow_config_change: bool, progress: bool | None
 ) -> TrainResult:
     train_tokens, val_tokens = tokens
@@ -371,11 +466,15 @@ def _train(
     changes: dict[str, list[Any]] = {}
     if loaded is not None:
         changes = _config_changes(loaded[2]["config"], config, ckpt, allow=allow_config_change)
+        torch.manual_seed(config.seed)
+        model = TransformerLM(config.model)  # the checkpoint's weights replace these
+    else:
+        model = _initial_model(config)
     if world.is_main:
         _write_atomic(out_dir / "config.yaml", config.to_yaml_text())
+        _record_sources(config, tokenizer, out_dir)
 
-    torch.manual_seed(config.seed)
-    model = TransformerLM(config.model).to(world.device)
+    model = model.to(world.device)
     wrapped = wrap_model(model, world, fsdp=config.fsdp)
     optimizer = adamw(wrapped, config.lr, config.weight_decay, (config.beta1, config.beta2))
 
@@ -415,6 +514,8 @@ def _train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = batch_for_step(train_tokens, config, step, world)
+        _check_token_ids(x, train_tokens, config.model.vocab_size)
+        _check_token_ids(y[:, -1:], train_tokens, config.model.vocab_size)
         loss_sum = torch.zeros((), device=world.device)
         for i in range(config.grad_accum):
             xs = x[i * micro : (i + 1) * micro].to(world.device)
