@@ -52,6 +52,9 @@ def _chunked(
                 grad_h[rows] = (g @ w32).to(h.dtype)
             if grad_w is not None:
                 grad_w.addmm_(g.T, hc)
+        # Free this chunk's (n, V) buffer before the next chunk's logits are formed: two
+        # chunk buffers live at a time, not three.
+        logp = g = None
     return total, int(valid.sum()), grad_h, grad_w
 
 
