@@ -171,8 +171,12 @@ class KVCache:
         if not torch.compiler.is_compiling():
             self.check_fits(batch=B, n_kv_heads=H_kv, head_dim=D, new=T, layer=layer)
         idx = self.pos + torch.arange(T, device=self.pos.device)  # (T,)
-        self.k[layer].index_copy_(2, idx, k.to(self.k.dtype))
-        self.v[layer].index_copy_(2, idx, v.to(self.v.dtype))
+        # One index_put_ on the whole buffer, the layer an index tensor too: Inductor
+        # writes it in place. A write into the view self.k[layer] is functionalized
+        # into a copy of the layer's whole buffer per step, O(max_seq_len) per token.
+        at = (torch.full((1,), layer, device=idx.device), slice(None), slice(None), idx)
+        self.k[at] = k.to(self.k.dtype).permute(2, 0, 1, 3)  # (T, B, H_kv, D)
+        self.v[at] = v.to(self.v.dtype).permute(2, 0, 1, 3)
         return self.k[layer], self.v[layer]
 
     def key_mask(self, T: int) -> torch.Tensor:
