@@ -31,19 +31,12 @@ import copy
 
 import torch
 
+from benchmarks.bench_generate import SHAPES  # the Llama d 256 of the generate/train benchmarks
 from benchmarks.bench_train import count_flops
 from benchmarks.harness import BenchResult, Case, machine_limits, time_interleaved
 
 NAME = "hf_patch"
 
-SHAPES = dict(
-    hidden_size=256,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    intermediate_size=688,
-    vocab_size=32000,
-)
 QUICK_SHAPES = dict(SHAPES, num_hidden_layers=2, vocab_size=8192)
 TARGET_SPEEDUP = 1.2
 TARGET_LOSS_MEMORY_CUT = 0.40

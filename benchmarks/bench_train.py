@@ -16,20 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.bench_generate import make_models
+from benchmarks.bench_generate import QUICK_SHAPES, SHAPES, make_models
 from benchmarks.harness import BenchResult, Case, machine_limits, time_interleaved
 
 NAME = "train"
 
-SHAPES = dict(
-    hidden_size=256,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    intermediate_size=688,
-    vocab_size=32000,
-)
-QUICK_SHAPES = dict(SHAPES, num_hidden_layers=2, vocab_size=4096)
 
 
 def make_step(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, loss_of):

@@ -42,7 +42,8 @@ def _read_shipped(filename: str) -> str:
     return text
 
 
-def _read_jsonl(path: Path) -> str:
+def _read_jsonl(path: Path) -> list[str]:
+    """The ``"text"`` field of every non-blank line (the path and line named on error)."""
     docs: list[str] = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -62,11 +63,12 @@ def _read_jsonl(path: Path) -> str:
                     f"\"text\" field, got {got}"
                 )
             docs.append(record["text"])
-    return "\n\n".join(docs)
+    return docs
 
 
-def load_corpus(name: str | Path = "default") -> str:
-    """The text of a shipped corpus or of a user file.
+def corpus_documents(name: str | Path = "default") -> list[str]:
+    """The documents of a shipped corpus or of a user file: one per JSONL record, else
+    the whole text as one; :func:`load_corpus` joins them.
 
     Args:
         name: ``"default"`` (or another key of ``SHIPPED_CORPORA``), or a path:
@@ -80,7 +82,7 @@ def load_corpus(name: str | Path = "default") -> str:
             named), or the corpus is empty.
     """
     if isinstance(name, str) and name in SHIPPED_CORPORA:
-        return _read_shipped(SHIPPED_CORPORA[name])
+        return [_read_shipped(SHIPPED_CORPORA[name])]
     if not isinstance(name, (str, Path)):
         raise TypeError(f"name must be a str or Path, got {type(name).__name__}")
     path = Path(name).expanduser()
@@ -90,12 +92,18 @@ def load_corpus(name: str | Path = "default") -> str:
             f"nor an existing file (looked for {path.resolve()})"
         )
     try:
-        text = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else path.read_text("utf-8")
+        docs = _read_jsonl(path) if path.suffix.lower() == ".jsonl" else [path.read_text("utf-8")]
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    if not text.strip():
+    if not any(doc.strip() for doc in docs):
         raise ValueError(f"{path}: the corpus is empty")
-    return text
+    return docs
+
+
+def load_corpus(name: str | Path = "default") -> str:
+    """The text of a shipped corpus or of a user file: :func:`corpus_documents` joined
+    by blank lines (a JSONL file's records; any other file read as UTF-8 text)."""
+    return "\n\n".join(corpus_documents(name))
 
 
 def split_tokens(

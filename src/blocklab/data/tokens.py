@@ -24,7 +24,6 @@ validation).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +31,8 @@ import torch
 
 from blocklab.data.text import (
     SHIPPED_CORPORA,
+    corpus_documents,
     corpus_tokens,
-    load_corpus,
     random_batches,
     split_tokens,
 )
@@ -152,39 +151,10 @@ def token_file_split(data: str | Path, dtype: str = "uint16",
     return TokenFile(path, dtype).split(val_fraction)
 
 
-def _documents(data: str | Path) -> list[str]:
-    """The documents of a corpus: each JSONL record, or the whole text as one."""
-    path = Path(data).expanduser()
-    if (isinstance(data, str) and data in SHIPPED_CORPORA) or path.suffix.lower() != ".jsonl":
-        return [load_corpus(data)]
-    if not path.is_file():
-        raise ValueError(f"corpus {str(data)!r} is not an existing file "
-                         f"(looked for {path.resolve()})")
-    docs: list[str] = []
-    try:
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from e
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError(f"{path}: line {lineno} must be a JSON object with a "
-                                     "string \"text\" field")
-                docs.append(record["text"])
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    if not any(doc.strip() for doc in docs):
-        raise ValueError(f"{path}: the corpus is empty")
-    return docs
-
-
 def encode_documents(data: str | Path, tokenizer: Tokenizer) -> torch.Tensor:
     """All documents of ``data`` encoded by ``tokenizer`` and concatenated, each
     framed by bos/eos where the tokenizer has them; 1-D ``torch.long``."""
-    docs = _documents(data)
+    docs = corpus_documents(data)
     bos, eos = tokenizer.bos_id is not None, tokenizer.eos_id is not None
     if hasattr(tokenizer, "encode_batch"):
         encoded = tokenizer.encode_batch(docs, add_bos=bos, add_eos=eos)
